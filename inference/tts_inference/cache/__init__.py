@@ -1,0 +1,1 @@
+"""The warm cache: a B2-safe S3 client, locked and verified sync, publish."""

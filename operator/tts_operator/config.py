@@ -1,0 +1,129 @@
+"""Operator settings from flags and TTS_OPERATOR_* environment variables.
+
+Flags win over the environment, so the chart can pass everything as env and a
+person can still override one setting on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+ENV_PREFIX = "TTS_OPERATOR_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = False
+    metrics_port: int = 8080
+    health_port: int = 8081
+    peering: str | None = None
+    inference_image: str = "tts-operator/inference:0.1.0"
+    log_format: str = "plain"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port {value} is outside 1..65535")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tts-operator",
+        description=(
+            "Run the tts-operator: reconcile TTSEndpoint and TTSJob resources in the "
+            "cluster that KUBECONFIG names, or the in-cluster service account's."
+        ),
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch this namespace (repeat for several; env TTS_OPERATOR_NAMESPACES, comma-separated)",
+    )
+    scope.add_argument(
+        "--all-namespaces",
+        "-A",
+        action="store_true",
+        default=None,
+        help="watch every namespace (env TTS_OPERATOR_ALL_NAMESPACES=true)",
+    )
+    parser.add_argument("--metrics-port", type=_port, help="port of /metrics (default 8080)")
+    parser.add_argument(
+        "--health-port", type=_port, help="port of the liveness endpoint /healthz (default 8081)"
+    )
+    parser.add_argument(
+        "--peering",
+        help="Kopf peering name, so that only one of several operator replicas acts at a time",
+    )
+    parser.add_argument(
+        "--inference-image", help="default inference image for pods the operator makes"
+    )
+    parser.add_argument(
+        "--log-format", choices=["plain", "json"], help="log format (default plain)"
+    )
+    return parser
+
+
+def parse(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
+    """Settings from ``argv`` over ``env``; errors exit with argparse's message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def from_env(name: str) -> str | None:
+        value = env.get(ENV_PREFIX + name)
+        return value if value not in (None, "") else None
+
+    namespaces: tuple[str, ...]
+    if args.namespaces:
+        namespaces = tuple(args.namespaces)
+    else:
+        raw = from_env("NAMESPACES") or ""
+        namespaces = tuple(ns.strip() for ns in raw.split(",") if ns.strip())
+    all_ns = (
+        args.all_namespaces
+        if args.all_namespaces is not None
+        else _bool(from_env("ALL_NAMESPACES") or "")
+    )
+    if args.namespaces:
+        all_ns = False
+    if all_ns and namespaces:
+        parser.error("--all-namespaces and --namespace/TTS_OPERATOR_NAMESPACES exclude each other")
+    if not all_ns and not namespaces:
+        parser.error(
+            "say which namespaces to watch: --namespace NS (repeatable) or --all-namespaces"
+        )
+
+    def port(flag: int | None, name: str, default: int) -> int:
+        if flag is not None:
+            return flag
+        raw = from_env(name)
+        try:
+            return _port(raw) if raw else default
+        except (ValueError, argparse.ArgumentTypeError):
+            parser.error(f"{ENV_PREFIX}{name}={raw!r} is not a port number")
+
+    defaults = Settings()
+    return Settings(
+        namespaces=namespaces,
+        all_namespaces=all_ns,
+        metrics_port=port(args.metrics_port, "METRICS_PORT", defaults.metrics_port),
+        health_port=port(args.health_port, "HEALTH_PORT", defaults.health_port),
+        peering=args.peering or from_env("PEERING"),
+        inference_image=args.inference_image
+        or from_env("INFERENCE_IMAGE")
+        or defaults.inference_image,
+        log_format=args.log_format or from_env("LOG_FORMAT") or defaults.log_format,
+    )

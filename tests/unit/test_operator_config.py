@@ -1,0 +1,63 @@
+"""Operator settings: flags over TTS_OPERATOR_* env, clear errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from tts_operator import config
+
+
+def test_flags_list_namespaces() -> None:
+    s = config.parse(["-n", "a", "--namespace", "b"], {})
+    assert s.namespaces == ("a", "b")
+    assert not s.all_namespaces
+
+
+def test_env_gives_settings_the_chart_passes() -> None:
+    env = {
+        "TTS_OPERATOR_NAMESPACES": "tts, ml ,",
+        "TTS_OPERATOR_METRICS_PORT": "9090",
+        "TTS_OPERATOR_INFERENCE_IMAGE": "registry.example/inference:1",
+        "TTS_OPERATOR_PEERING": "tts",
+    }
+    s = config.parse([], env)
+    assert s.namespaces == ("tts", "ml")
+    assert s.metrics_port == 9090
+    assert s.inference_image == "registry.example/inference:1"
+    assert s.peering == "tts"
+
+
+def test_flags_win_over_env() -> None:
+    s = config.parse(
+        ["--metrics-port", "9100", "-n", "x"],
+        {"TTS_OPERATOR_METRICS_PORT": "9090", "TTS_OPERATOR_NAMESPACES": "y"},
+    )
+    assert s.metrics_port == 9100
+    assert s.namespaces == ("x",)
+
+
+def test_all_namespaces_from_env() -> None:
+    assert config.parse([], {"TTS_OPERATOR_ALL_NAMESPACES": "true"}).all_namespaces
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        ([], {}, "say which namespaces"),
+        (["-A"], {"TTS_OPERATOR_NAMESPACES": "a"}, "exclude each other"),
+        (["-A", "-n", "a"], {}, "not allowed with argument"),
+        (["-A", "--metrics-port", "70000"], {}, "outside 1..65535"),
+        (
+            ["-A"],
+            {"TTS_OPERATOR_METRICS_PORT": "http"},
+            "TTS_OPERATOR_METRICS_PORT='http' is not a port",
+        ),
+    ],
+)
+def test_bad_settings_exit_with_a_message(
+    argv: list[str], env: dict[str, str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        config.parse(argv, env)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
