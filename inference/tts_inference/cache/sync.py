@@ -247,6 +247,27 @@ class FileJob:
         return sum(c.written for c in self.chunks)
 
 
+def _zero_copy_reader(body: Any) -> Callable[[memoryview], int]:
+    """A readinto() for a boto3 response body that fills one reused buffer.
+
+    Reading into a reused buffer instead of allocating a fresh 1 MiB bytes object
+    per piece roughly halves the CPU a download costs (no page faults for new
+    allocations). It reads from the http.client response under botocore's
+    StreamingBody and urllib3; where that layout differs, it falls back to read().
+    """
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    if isinstance(fp, http.client.HTTPResponse):
+        return fp.readinto
+
+    def fallback(view: memoryview) -> int:
+        data = body.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    return fallback
+
+
 def plan_chunks(size: int, chunk_size: int) -> list[Chunk]:
     if size == 0:
         return []
@@ -304,16 +325,19 @@ class Downloader:
                     Bucket=job.uri.bucket, Key=job.uri.key, Range=f"bytes={offset}-{chunk.end - 1}"
                 )
                 body = resp["Body"]
+                read_into = _zero_copy_reader(body)
+                buf = memoryview(bytearray(PIECE))
                 try:
                     while offset < chunk.end:
-                        piece = body.read(min(PIECE, chunk.end - offset))
-                        if not piece:
+                        want = min(PIECE, chunk.end - offset)
+                        got = read_into(buf[:want])
+                        if not got:
                             break  # short body: retried from here below
-                        os.pwrite(job.fd, piece, offset)
-                        offset += len(piece)
+                        os.pwrite(job.fd, buf[:got], offset)
+                        offset += got
                         chunk.written = offset - chunk.start
                         os.write(job.progress_fd, f"{chunk.index} {offset}\n".encode())
-                        self.progress.add(len(piece))
+                        self.progress.add(got)
                         attempt = 0
                 finally:
                     body.close()
@@ -348,15 +372,16 @@ class Downloader:
             if not job.hash_lock.acquire(blocking=False):
                 return
             try:
+                buf = memoryview(bytearray(4 * MIB))
                 while job.hashed_chunks < len(job.chunks) and job.chunks[job.hashed_chunks].done:
                     chunk = job.chunks[job.hashed_chunks]
                     pos = chunk.start
                     while pos < chunk.end:
-                        data = os.pread(job.fd, min(8 * MIB, chunk.end - pos), pos)
-                        if not data:
+                        got = os.preadv(job.fd, [buf[: min(len(buf), chunk.end - pos)]], pos)
+                        if not got:
                             raise CacheError(f"{job.part} is shorter than expected")
-                        job.hasher.update(data)
-                        pos += len(data)
+                        job.hasher.update(buf[:got])
+                        pos += got
                     job.hashed_chunks += 1
                 if job.hashed_chunks == len(job.chunks) and not job.finished:
                     job.finished = True
