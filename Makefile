@@ -53,6 +53,15 @@ system-deps: ## install the Debian packages the tests use (when root and missing
 		fi; \
 	fi
 
+.PHONY: demo
+demo: venv system-deps ## the main job: publish a model to a local S3 server, sync it, serve it, speak into demo.wav
+	$(BIN)/python scripts/demo.py
+
+.PHONY: bench
+bench: venv ## run the benchmarks under bench/ (figures go to docs/benchmarks.md)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/sync_bench.py
+
 .PHONY: lint
 lint: venv ## ruff, mypy and the import-layer contracts
 	$(BIN)/ruff check .

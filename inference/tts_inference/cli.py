@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tts_inference.cache.publish",
         "upload a model folder and its manifest to the bucket",
     ),
+    "serve": (
+        "tts_inference.serve",
+        "run the OpenAI-compatible speech server on a synced model folder",
+    ),
     "make-tiny-model": (
         "tts_inference.tiny_model",
         "write a tiny random-weight F5-TTS model and vocoder (it speaks noise; for tests and demos)",

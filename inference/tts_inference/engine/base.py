@@ -1,0 +1,89 @@
+"""The engine interface the server's queue drives.
+
+An engine owns the model on one device. The queue hands it batches of
+requests (one text chunk each) from a single worker thread; the engine returns
+one float32 waveform per request, in order. Text splitting, cross-fading,
+encoding and HTTP live outside the engine.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+SAMPLE_RATE = 24_000
+
+Audio = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A reference voice: mono float32 audio at SAMPLE_RATE and its transcript."""
+
+    name: str
+    audio: Audio
+    text: str
+
+
+@dataclass(frozen=True)
+class SynthesisParams:
+    speed: float = 1.0
+    nfe_step: int = 32
+    cfg_strength: float = 2.0
+    sway_sampling_coef: float = -1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """One chunk of text to speak in one voice; the unit the queue batches."""
+
+    text: str
+    voice: Voice
+    params: SynthesisParams = field(default_factory=SynthesisParams)
+
+
+class Engine(abc.ABC):
+    """Loads once, warms up once, then synthesizes batches until unloaded."""
+
+    sample_rate: int = SAMPLE_RATE
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> str:
+        """Where the model runs, e.g. 'cpu' or 'cuda:0'."""
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load every weight from local files; never download. Called once."""
+
+    @abc.abstractmethod
+    def synthesize_batch(self, requests: Sequence[SynthesisRequest]) -> list[Audio]:
+        """Synthesize every request; one waveform per request, in order.
+
+        Batching must not change a request's output: a request with a seed gives
+        the same audio alone and inside a batch of other lengths.
+        """
+
+    @abc.abstractmethod
+    def split_text(self, text: str, voice: Voice, params: SynthesisParams) -> list[str]:
+        """Split long text into chunks the model speaks well (as F5-TTS does)."""
+
+    def warmup(self, voice: Voice) -> None:
+        """One short synthesis so the first real request pays no first-call costs."""
+        self.synthesize_batch(
+            [SynthesisRequest("Warming up.", voice, SynthesisParams(nfe_step=2, seed=0))]
+        )
+
+    def unload(self) -> None:
+        """Free the model; the default does nothing."""
+        return None
+
+    def info(self) -> dict[str, Any]:
+        """Facts for logs and /metrics labels (model name, dtype, attention backend)."""
+        return {"device": self.device}

@@ -1,0 +1,456 @@
+"""F5-TTS on one device, batched: the engine the server runs.
+
+The model is built from the model folder's own ``model.yaml`` with f5-tts's own
+lower-level pieces (``DiT``, ``CFM``, ``get_tokenizer``, ``load_checkpoint``,
+``load_vocoder``), from local files only. ``f5_tts.api.F5TTS`` is not used: it
+reads the arch from the package's config by name and downloads from the hub.
+
+A batch runs one ``CFM.sample`` call per (nfe_step, cfg_strength,
+sway_sampling_coef) group, with per-item reference lengths, durations and noise
+seeds, so a request's audio does not depend on what it is batched with:
+
+- ``attn_mask_enabled`` is switched on at load. It only decides whether the
+  DiT's self-attention ignores the padded frames of shorter items; the weights
+  are the same. The rest of the DiT already masks padding whenever
+  ``CFM.sample`` passes a mask (it does for batches of two or more): the text
+  embedding is cut per item, the convolutional position embedding and the
+  attention output zero the padded frames, and ``text_mask_padding`` (in the
+  arch of every F5-TTS v1 model) keeps the text convolutions off filler tokens.
+- Each reference mel is computed alone (the STFT's reflect padding would
+  otherwise see the zeros of the batch padding) and passed with ``lens``.
+- Each item gets the noise of its own seed (see ``_SeedPerItem``).
+- Each generated mel is decoded alone (vocos' convolutions would otherwise see
+  the padding).
+
+Everything else (rms normalisation, text, duration, trimming) mirrors
+``f5_tts.infer.utils_infer.infer_process`` and ``infer_batch_process`` of
+f5-tts 1.1.22, the pinned version; tests/inference/test_f5_contract.py fails
+when the functions used here change.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import secrets
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+# The server never downloads: set before f5_tts (and through it huggingface_hub and
+# transformers) is imported, so a slip in a loader fails instead of reaching a hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from f5_tts.infer import utils_infer
+from f5_tts.model import CFM, DiT
+from f5_tts.model.utils import convert_char_to_pinyin, get_tokenizer
+
+from tts_inference.engine.base import (
+    SAMPLE_RATE,
+    Audio,
+    Engine,
+    SynthesisParams,
+    SynthesisRequest,
+    Voice,
+)
+from tts_inference.tiny_model import (
+    VOCODER_CONFIG_NAME,
+    VOCODER_WEIGHTS_NAME,
+    load_config,
+)
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+ATTN_BACKENDS = ("torch", "flash_attn")
+BACKBONES: dict[str, Any] = {"DiT": DiT}
+
+#: infer_batch_process's loudness target: quieter references are scaled up to it and back.
+TARGET_RMS = 0.1
+#: infer_process sizes chunks so that reference + chunk last about this many seconds.
+MAX_SECONDS = 22
+#: infer_batch_process speaks texts shorter than this many UTF-8 bytes at speed 0.3.
+SHORT_TEXT_BYTES = 10
+SHORT_TEXT_SPEED = 0.3
+#: CFM.sample's default cap on a sequence's frames.
+MAX_DURATION = 65536
+#: CFM's sampler as load_model builds it.
+ODE_METHOD = "euler"
+
+# AttnProcessor warns that masks with the torch backend use more GPU memory; batching
+# needs the mask, and flash_attn is used instead wherever it is installed.
+_MASK_WARNING = "attn_mask_enabled=True with attn_backend='torch'"
+
+
+class EngineError(RuntimeError):
+    """The model cannot be loaded or run (a missing file, a bad config, no model loaded)."""
+
+
+def reference_text(text: str) -> str:
+    """The reference transcript as preprocess_ref_audio_text leaves it: ending in ". " or "。"."""
+    if not text.endswith(". ") and not text.endswith("。"):
+        text += " " if text.endswith(".") else ". "
+    return text
+
+
+class _SeedPerItem:
+    """A seed for CFM.sample that gives each item of a batch its own seed, in order.
+
+    CFM.sample draws the initial noise item by item, each with the whole batch's one
+    seed: ``for dur in duration: torch.manual_seed(seed); y0.append(torch.randn(dur, ...))``.
+    It takes no noise or generator from the caller. torch.manual_seed reads the seed
+    with ``int(seed)``, once per call, so this object, whose ``__int__`` returns the
+    next item's seed, makes item i's noise exactly the noise it gets alone (the first
+    ``dur_i`` rows drawn after seeding with its own seed), with sample's code unchanged.
+    ``check`` makes sure sample consumed exactly one seed per item; the contract test
+    pins the loop's source.
+    """
+
+    def __init__(self, seeds: Iterable[int]) -> None:
+        self._seeds = list(seeds)
+        self._used = 0
+
+    def __int__(self) -> int:
+        if self._used >= len(self._seeds):
+            raise EngineError("CFM.sample asked for more seeds than the batch has items")
+        seed = self._seeds[self._used]
+        self._used += 1
+        return seed
+
+    def check(self) -> None:
+        if self._used != len(self._seeds):
+            raise EngineError(
+                f"CFM.sample seeded {self._used} times for {len(self._seeds)} items: "
+                "f5-tts no longer seeds each item's noise; per-request seeds would be wrong"
+            )
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One request, prepared as infer_batch_process prepares it."""
+
+    cond: torch.Tensor  # (frames, n_mels) reference mel
+    ref_frames: int  # infer_batch_process's ref_audio_len: samples // hop_length
+    text: list[str]  # ref_text + " " + gen_text as tokens
+    duration: int  # total frames, as CFM.sample will settle them
+    seed: int
+    rms: torch.Tensor  # the reference's rms before normalisation
+
+
+def _resolve_device(device: str | None) -> str:
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError as exc:
+        raise EngineError(f"unknown device {name!r}: {exc}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError(f"device {name!r} asked for, but CUDA is not available")
+        index = torch.cuda.current_device() if resolved.index is None else resolved.index
+        return f"cuda:{index}"
+    return str(resolved)
+
+
+def _flash_attn_imports() -> bool:
+    try:
+        importlib.import_module("flash_attn")
+    except Exception:
+        return False
+    return True
+
+
+def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        # As f5-tts's load_checkpoint picks: float16 on CUDA from compute capability 7.
+        if device.startswith("cuda") and torch.cuda.get_device_properties(device).major >= 7:
+            return torch.float16
+        return torch.float32
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise EngineError(
+            f"dtype must be auto or one of {', '.join(DTYPES)}, not {dtype!r}"
+        ) from None
+
+
+def _resolve_attn_backend(attn_backend: str, device: str) -> str:
+    on_cuda = device.startswith("cuda")
+    if attn_backend == "auto":
+        return "flash_attn" if on_cuda and _flash_attn_imports() else "torch"
+    if attn_backend not in ATTN_BACKENDS:
+        raise EngineError(
+            f"attn_backend must be auto or one of {', '.join(ATTN_BACKENDS)}, not {attn_backend!r}"
+        )
+    if attn_backend == "flash_attn":
+        if not on_cuda:
+            raise EngineError(f"attn_backend flash_attn needs a CUDA device, not {device}")
+        if not _flash_attn_imports():
+            raise EngineError("attn_backend flash_attn asked for, but flash_attn does not import")
+    return attn_backend
+
+
+class F5Engine(Engine):
+    """F5-TTS (a DiT in a CFM, and a vocos vocoder) loaded from a model folder."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        attn_backend: str = "auto",
+        max_batch: int = 8,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self.model_dir = Path(model_dir)
+        self.max_batch = max_batch
+        self._device = _resolve_device(device)
+        self._dtype = _resolve_dtype(dtype, self._device)
+        self._attn_backend = _resolve_attn_backend(attn_backend, self._device)
+        # Tests switch this off before load() to show what masking prevents.
+        self._attn_mask_enabled = True
+        self._config: dict[str, Any] | None = None
+        self._model: Any = None
+        self._vocoder: Any = None
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    # loading
+
+    def _file(self, relative: str, what: str) -> Path:
+        path = self.model_dir / relative
+        if not path.is_file():
+            raise EngineError(f"{path} is missing: the model folder has no {what}")
+        return path
+
+    def load(self) -> None:
+        """Build the model from model.yaml and load its weights, all from the folder."""
+        if self._model is not None:
+            return
+        try:
+            config = load_config(self.model_dir)
+        except (OSError, ValueError) as exc:
+            raise EngineError(str(exc)) from None
+        mel = config["mel_spec"]
+        vocoder_name = config["vocoder"]["name"]
+        if config["backbone"] not in BACKBONES:
+            raise EngineError(f"backbone {config['backbone']!r} is not supported (only DiT)")
+        if vocoder_name != "vocos" or mel.get("mel_spec_type", "vocos") != "vocos":
+            raise EngineError(f"vocoder {vocoder_name!r} is not supported (only vocos)")
+        if mel["target_sample_rate"] != SAMPLE_RATE:
+            raise EngineError(f"sample rate {mel['target_sample_rate']} is not {SAMPLE_RATE}")
+        # Every file is checked before anything is built, and each loader below gets a local path.
+        checkpoint = self._file(config["checkpoint"], "checkpoint")
+        vocab = self._file(config["vocab"], "vocab")
+        vocoder_dir = self.model_dir / config["vocoder"]["path"]
+        self._file(f"{config['vocoder']['path']}/{VOCODER_CONFIG_NAME}", "vocoder config")
+        self._file(f"{config['vocoder']['path']}/{VOCODER_WEIGHTS_NAME}", "vocoder weights")
+
+        arch = {
+            **config["arch"],
+            "attn_backend": self._attn_backend,
+            "attn_mask_enabled": self._attn_mask_enabled,
+        }
+        # As utils_infer.load_model builds it, but load_checkpoint gets the dtype explicitly
+        # (load_model lets it pick float16 on any CUDA device).
+        vocab_char_map, vocab_size = get_tokenizer(str(vocab), "custom")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_MASK_WARNING)
+            transformer = BACKBONES[config["backbone"]](
+                **arch, text_num_embeds=vocab_size, mel_dim=mel["n_mel_channels"]
+            )
+        model = CFM(
+            transformer=transformer,
+            mel_spec_kwargs={
+                "n_fft": mel["n_fft"],
+                "hop_length": mel["hop_length"],
+                "win_length": mel["win_length"],
+                "n_mel_channels": mel["n_mel_channels"],
+                "target_sample_rate": mel["target_sample_rate"],
+                "mel_spec_type": mel["mel_spec_type"],
+            },
+            odeint_kwargs={"method": ODE_METHOD},
+            vocab_char_map=vocab_char_map,
+        )
+        try:
+            model = utils_infer.load_checkpoint(
+                model, str(checkpoint), self._device, dtype=self._dtype, use_ema=True
+            )
+        except Exception as exc:
+            raise EngineError(f"{checkpoint}: cannot load the checkpoint: {exc}") from exc
+        try:
+            vocoder = utils_infer.load_vocoder(
+                vocoder_name="vocos",
+                is_local=True,
+                local_path=str(vocoder_dir),
+                device=self._device,
+            )
+        except Exception as exc:
+            raise EngineError(f"{vocoder_dir}: cannot load the vocoder: {exc}") from exc
+        self._config = config
+        self._model = model.eval()
+        self._vocoder = vocoder
+
+    def unload(self) -> None:
+        self._model = None
+        self._vocoder = None
+        gc.collect()
+        if self._device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def info(self) -> dict[str, Any]:
+        config = self._config or {}
+        params = None if self._model is None else sum(p.numel() for p in self._model.parameters())
+        return {
+            "device": self.device,
+            "model": config.get("name", self.model_dir.name),
+            "model_dir": str(self.model_dir),
+            "dtype": str(self._dtype).removeprefix("torch."),
+            "attn_backend": self._attn_backend,
+            "attn_mask": self._attn_mask_enabled,
+            "parameters": params,
+            "max_batch": self.max_batch,
+            "f5_tts": _f5_version(),
+        }
+
+    # synthesis
+
+    def split_text(self, text: str, voice: Voice, params: SynthesisParams) -> list[str]:
+        """infer_process's chunking: about 22 s of reference + chunk per chunk, at sentence ends."""
+        if not text.strip():
+            return []
+        ref_text = reference_text(voice.text)
+        seconds = len(voice.audio) / SAMPLE_RATE
+        if seconds <= 0:
+            raise ValueError(f"voice {voice.name!r} has no reference audio")
+        max_chars = int(
+            len(ref_text.encode("utf-8")) / seconds * (MAX_SECONDS - seconds) * params.speed
+        )
+        chunks: list[str] = utils_infer.chunk_text(text, max_chars=max_chars)
+        return chunks
+
+    def synthesize_batch(self, requests: Sequence[SynthesisRequest]) -> list[Audio]:
+        if not requests:
+            return []
+        if self._model is None:
+            raise EngineError("the model is not loaded: call load() first")
+        # One sample() per sampler setting; speed only changes a duration, so it batches.
+        groups: dict[tuple[int, float, float], list[int]] = {}
+        for index, request in enumerate(requests):
+            p = request.params
+            groups.setdefault((p.nfe_step, p.cfg_strength, p.sway_sampling_coef), []).append(index)
+        out: dict[int, Audio] = {}
+        with torch.inference_mode():
+            for (steps, cfg_strength, sway), indices in groups.items():
+                for start in range(0, len(indices), self.max_batch):
+                    chunk = indices[start : start + self.max_batch]
+                    waves = self._sample(
+                        [requests[i] for i in chunk],
+                        steps=steps,
+                        cfg_strength=cfg_strength,
+                        sway_sampling_coef=sway,
+                    )
+                    out.update(zip(chunk, waves, strict=True))
+        return [out[i] for i in range(len(requests))]
+
+    def _prepare(self, request: SynthesisRequest, hop_length: int) -> _Item:
+        """infer_batch_process's preparation of one request, with its mel computed alone."""
+        voice, gen_text = request.voice, request.text
+        if voice.audio.ndim != 1 or voice.audio.size == 0:
+            raise ValueError(
+                f"voice {voice.name!r}: expected mono audio, got shape {voice.audio.shape}"
+            )
+        if not voice.text.strip():
+            raise ValueError(f"voice {voice.name!r} has no reference text")
+        audio = torch.from_numpy(np.ascontiguousarray(voice.audio, dtype=np.float32)).unsqueeze(0)
+        rms = torch.sqrt(torch.mean(torch.square(audio)))
+        if not rms > 0:
+            raise ValueError(f"voice {voice.name!r}: the reference audio is silent")
+        if rms < TARGET_RMS:
+            audio = audio * TARGET_RMS / rms
+        audio = audio.to(self._device)
+
+        ref_text = reference_text(voice.text)
+        if len(ref_text[-1].encode("utf-8")) == 1:
+            ref_text = ref_text + " "
+        speed = request.params.speed
+        if len(gen_text.encode("utf-8")) < SHORT_TEXT_BYTES:
+            speed = SHORT_TEXT_SPEED
+        text: list[str] = convert_char_to_pinyin([ref_text + gen_text])[0]
+
+        ref_frames = audio.shape[-1] // hop_length
+        ref_text_len = len(ref_text.encode("utf-8"))
+        gen_text_len = len(gen_text.encode("utf-8"))
+        duration = ref_frames + int(ref_frames / ref_text_len * gen_text_len / speed)
+
+        # What CFM.sample does to a raw-wave cond, one item at a time: (1, nw) -> (frames, n_mels).
+        cond = self._model.mel_spec(audio)[0].permute(1, 0)
+        frames = cond.shape[0]
+        # CFM.sample's own floor and cap, so the caller knows where each item ends.
+        duration = min(max(max(len(text), frames) + 1, duration), MAX_DURATION)
+        seed = request.params.seed
+        return _Item(
+            cond=cond,
+            ref_frames=ref_frames,
+            text=text,
+            duration=duration,
+            seed=secrets.randbits(63) if seed is None else seed,
+            rms=rms,
+        )
+
+    def _sample(
+        self,
+        requests: Sequence[SynthesisRequest],
+        *,
+        steps: int,
+        cfg_strength: float,
+        sway_sampling_coef: float,
+    ) -> list[Audio]:
+        hop_length: int = self._model.mel_spec.hop_length
+        items = [self._prepare(r, hop_length) for r in requests]
+        device = self._device
+        seeds = _SeedPerItem(item.seed for item in items)
+        generated, trajectory = self._model.sample(
+            cond=pad_sequence([item.cond for item in items], batch_first=True),
+            text=[item.text for item in items],
+            duration=torch.tensor([item.duration for item in items], device=device),
+            lens=torch.tensor([item.cond.shape[0] for item in items], device=device),
+            steps=steps,
+            cfg_strength=cfg_strength,
+            sway_sampling_coef=sway_sampling_coef,
+            seed=seeds,
+        )
+        del trajectory
+        seeds.check()
+        generated = generated.to(torch.float32)
+        waves: list[Audio] = []
+        for row, item in zip(generated, items, strict=True):
+            # The generated part only (infer_batch_process drops the first ref_audio_len
+            # frames), up to this item's own duration; decoded alone.
+            mel = row[item.ref_frames : item.duration].permute(1, 0).unsqueeze(0)
+            wave = self._vocoder.decode(mel)
+            if item.rms < TARGET_RMS:
+                wave = wave * item.rms.to(wave.device) / TARGET_RMS
+            waves.append(wave.squeeze().cpu().numpy().astype(np.float32, copy=False))
+        return waves
+
+
+def _f5_version() -> str:
+    try:
+        return version("f5-tts")
+    except PackageNotFoundError:  # pragma: no cover - installed with the inference extra
+        return "unknown"

@@ -1,0 +1,100 @@
+"""The server's Prometheus metrics: one module, one registry per app, prefix tts_.
+
+Labels are bounded: route (a fixed set), status (an HTTP code), format (six
+values), outcome. Seconds and bytes are base units; counters end in _total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "tts_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "tts_request_duration_seconds",
+            "HTTP request latency, to the last byte.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_byte_seconds = Histogram(
+            "tts_time_to_first_byte_seconds",
+            "Time from request to the first audio byte.",
+            ["format"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "tts_queue_depth", "Synthesis requests waiting in the queue.", registry=r
+        )
+        self.running = Gauge(
+            "tts_requests_running", "Synthesis requests in the batch on the device.", registry=r
+        )
+        self.queue_wait_seconds = Histogram(
+            "tts_queue_wait_seconds",
+            "Time a synthesis request waited before its batch started.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tts_batch_size",
+            "Requests per batch run on the device.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "tts_batch_duration_seconds",
+            "Device time per batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "tts_queue_rejected",
+            "Synthesis requests refused because the queue was full.",
+            registry=r,
+        )
+        self.dropped = Counter(
+            "tts_queue_dropped",
+            "Queued work dropped before it ran, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            "tts_audio_seconds", "Seconds of audio generated.", ["format"], registry=r
+        )
+        self.rtf = Histogram(
+            "tts_realtime_factor",
+            "Synthesis seconds per second of audio, per request.",
+            buckets=RTF_BUCKETS,
+            registry=r,
+        )
+        self.load_seconds = Gauge(
+            "tts_model_load_seconds", "Seconds the model took to load.", registry=r
+        )
+        self.warmup_seconds = Gauge(
+            "tts_warmup_seconds", "Seconds the warm-up synthesis took.", registry=r
+        )
+        self.ready = Gauge(
+            "tts_ready",
+            "1 when the model is loaded and warm and the server is not draining.",
+            registry=r,
+        )
+        self.gpu_memory = Gauge(
+            "tts_gpu_memory_bytes", "GPU memory allocated by the model process.", registry=r
+        )
+        self.info = Info("tts_build", "Version, model, device and dtype.", registry=r)
+
+    def track_gpu_memory(self, read: Callable[[], float]) -> None:
+        self.gpu_memory.set_function(read)

@@ -1,0 +1,181 @@
+"""One bounded queue that batches synthesis requests onto the one device.
+
+Every request (one text chunk) gets a future. A single consumer takes up to
+``max_batch`` requests, waiting at most ``max_wait`` for the batch to fill, and
+runs them on the engine in one dedicated thread, so there is exactly one model
+copy and one stream of work on the device. Live requests go before job work.
+Requests whose client went away (future cancelled) or whose deadline passed
+are dropped before they cost device time. A full queue refuses at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tts_inference.engine.base import Audio, Engine, SynthesisRequest
+from tts_inference.metrics import ServerMetrics
+
+log = logging.getLogger("tts_inference.queue")
+
+LIVE = 0
+JOB = 1
+
+
+class QueueFull(Exception):
+    """The queue holds max_queue requests already; retry later."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request waited longer than its deadline and was not run."""
+
+
+@dataclass
+class _Item:
+    request: SynthesisRequest
+    future: asyncio.Future[Audio]
+    enqueued: float
+    deadline: float | None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class BatchQueue:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: ServerMetrics,
+        *,
+        max_batch: int = 8,
+        max_wait: float = 0.01,
+        max_queue: int = 64,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait < 0:
+            raise ValueError("max_batch and max_queue must be >= 1 and max_wait >= 0")
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self._lanes: tuple[deque[_Item], deque[_Item]] = (deque(), deque())
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ producer side
+
+    def __len__(self) -> int:
+        return sum(len(lane) for lane in self._lanes)
+
+    def submit(
+        self, request: SynthesisRequest, *, priority: int = LIVE, timeout: float | None = None
+    ) -> _Item:
+        """Enqueue one request; raises QueueFull. Await ``item.future`` for the audio."""
+        if len(self) >= self.max_queue:
+            self.metrics.rejected.inc()
+            raise QueueFull(f"the queue holds {self.max_queue} requests; retry shortly")
+        now = time.monotonic()
+        item = _Item(
+            request,
+            asyncio.get_running_loop().create_future(),
+            now,
+            now + timeout if timeout else None,
+        )
+        self._lanes[priority].append(item)
+        self.metrics.queue_depth.set(len(self))
+        self._wakeup.set()
+        return item
+
+    async def synthesize(
+        self, request: SynthesisRequest, *, priority: int = LIVE, timeout: float | None = None
+    ) -> Audio:
+        item = self.submit(request, priority=priority, timeout=timeout)
+        return await item.future
+
+    # ------------------------------------------------------------------ consumer side
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="batch-queue")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for lane in self._lanes:
+            while lane:
+                item = lane.popleft()
+                if not item.future.done():
+                    item.future.set_exception(RuntimeError("the server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    def _take(self, batch: list[_Item]) -> None:
+        now = time.monotonic()
+        for lane in self._lanes:
+            while lane and len(batch) < self.max_batch:
+                item = lane.popleft()
+                if item.future.done():  # cancelled: the client went away
+                    self.metrics.dropped.labels("cancelled").inc()
+                elif item.deadline is not None and now > item.deadline:
+                    self.metrics.dropped.labels("deadline").inc()
+                    item.future.set_exception(
+                        DeadlineExceeded("the request waited past its deadline")
+                    )
+                else:
+                    batch.append(item)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not len(self):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch: list[_Item] = []
+            self._take(batch)
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch and (left := deadline - loop.time()) > 0:
+                self._wakeup.clear()
+                if not len(self):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), left)
+                self._take(batch)
+            self.metrics.queue_depth.set(len(self))
+            if not batch:
+                continue
+            await self._execute(batch)
+
+    async def _execute(self, batch: Sequence[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        for item in batch:
+            self.metrics.queue_wait_seconds.observe(start - item.enqueued)
+            item.started.set()
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.running.set(len(batch))
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self.engine.synthesize_batch, [item.request for item in batch]
+            )
+            if len(results) != len(batch):
+                raise RuntimeError(
+                    f"the engine returned {len(results)} results for {len(batch)} requests"
+                )
+        except Exception as exc:  # the whole batch fails together, each caller hears why
+            log.exception("batch of %d failed", len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        else:
+            for item, audio in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(audio)
+        finally:
+            self.metrics.running.set(0)
+            self.metrics.batch_seconds.observe(time.monotonic() - start)

@@ -1,0 +1,186 @@
+"""`tts-inference serve --model-dir DIR`: one server process per GPU, one model copy.
+
+SIGTERM starts a drain: /readyz and new /v1 requests answer 503 (so the
+Service stops sending traffic) while requests already running finish, up to
+--drain-grace seconds; then the process exits. A second signal exits at once.
+A model that fails to load exits the process non-zero with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from tts_inference.app import ServerSettings, ServerState, build_app
+
+log = logging.getLogger("tts_inference.serve")
+
+API_KEY_ENV = "TTS_API_KEY"
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+        self.exit_code = 0
+        self._drain: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.state.draining or self._drain is not None:
+            super().handle_exit(sig, frame)  # second signal: stop now
+            return
+        self.state.draining = True
+        self.state.metrics.ready.set(0)
+        log.info("signal %s: draining %d request(s) in flight", sig, self.state.inflight)
+        self._drain = asyncio.get_event_loop().create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        grace = self.state.settings.drain_grace
+        try:
+            await asyncio.wait_for(self.state.idle.wait(), grace)
+        except TimeoutError:
+            log.warning(
+                "drain grace of %.0fs passed with %d request(s) in flight",
+                grace,
+                self.state.inflight,
+            )
+        self.should_exit = True
+
+    def fail(self, message: str) -> None:
+        self.exit_code = 1
+        self.should_exit = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-dir",
+        required=True,
+        type=Path,
+        help="model folder (model.yaml, checkpoint, vocab, vocos/)",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="the cache volume: voices/ and the flash_attn install live here",
+    )
+    parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
+    )
+    parser.add_argument("--attn-backend", default="auto", choices=["auto", "torch", "flash_attn"])
+    parser.add_argument(
+        "--max-batch", type=int, default=8, help="most requests per batch on the device"
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=10.0,
+        help="longest a request waits for its batch to fill",
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=64, help="requests held waiting before new ones get 429"
+    )
+    parser.add_argument(
+        "--max-input-chars", type=int, default=4096, help="longest input text of one speech request"
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=1_000_000, help="largest request body"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a request may wait in the queue",
+    )
+    parser.add_argument(
+        "--drain-grace",
+        type=float,
+        default=30.0,
+        help="seconds to finish in-flight requests on SIGTERM",
+    )
+    parser.add_argument("--nfe-step", type=int, default=32, help="default flow-matching steps")
+    parser.add_argument("--cfg-strength", type=float, default=2.0, help="default guidance strength")
+    parser.add_argument(
+        "--model-name", help="the model id /v1/models reports (default: model.yaml's name)"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+
+def _model_name(model_dir: Path) -> str:
+    try:
+        import yaml
+
+        doc = yaml.safe_load((model_dir / "model.yaml").read_text())
+        return str(doc.get("name") or model_dir.name)
+    except (OSError, ValueError, AttributeError):
+        return model_dir.name
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not (1 <= args.max_batch <= 256 and args.max_queue >= 1 and 1 <= args.nfe_step <= 64):
+        print(
+            "error: --max-batch must be 1..256, --max-queue >= 1, --nfe-step 1..64", file=sys.stderr
+        )
+        return 2
+    if not (args.model_dir / "model.yaml").exists():
+        print(
+            f"error: {args.model_dir / 'model.yaml'} not found: --model-dir must be a synced model folder",
+            file=sys.stderr,
+        )
+        return 2
+    if args.cache_dir is not None:
+        # A flash_attn the init container installed: put it on the path. Never pip here.
+        from tts_inference.flash_attn import pythonpath_entry
+
+        entry = pythonpath_entry(args.cache_dir)
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
+            log.info("flash_attn from the cache: %s", entry)
+    settings = ServerSettings(
+        model_dir=args.model_dir,
+        cache_dir=args.cache_dir,
+        device=args.device,
+        dtype=args.dtype,
+        attn_backend=args.attn_backend,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_input_chars=args.max_input_chars,
+        max_body_bytes=args.max_body_bytes,
+        request_timeout=args.request_timeout,
+        drain_grace=args.drain_grace,
+        nfe_step=args.nfe_step,
+        cfg_strength=args.cfg_strength,
+        api_key=os.environ.get(API_KEY_ENV) or None,
+        model_name=args.model_name or _model_name(args.model_dir),
+    )
+    holder: list[DrainingServer] = []
+    app = build_app(
+        settings, on_failure=lambda message: holder[0].fail(message) if holder else None
+    )
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        workers=1,
+        timeout_graceful_shutdown=5,
+    )
+    server = DrainingServer(config, app.state.tts)
+    holder.append(server)
+    server.run()
+    return server.exit_code

@@ -1,0 +1,240 @@
+"""Speech synthesis as the HTTP layer needs it: validate, split, enqueue, join, encode.
+
+Validation happens before any audio is produced, so a bad request is a 4xx
+and never a broken stream. Long text is split as F5-TTS splits it; the chunks
+go through the shared batching queue and are joined with F5-TTS's cross-fade.
+With streaming, the first chunk is enqueued alone so its audio can leave
+before the rest is synthesized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tts_inference import audio
+from tts_inference.engine.base import Audio, Engine, SynthesisParams, SynthesisRequest, Voice
+from tts_inference.metrics import ServerMetrics
+from tts_inference.protocol import SpeechRequest
+from tts_inference.queue import LIVE, BatchQueue
+
+log = logging.getLogger("tts_inference.serving")
+
+PACKAGE_VOICES = Path(__file__).parent / "voices"
+CROSS_FADE_SECONDS = 0.15
+
+
+class BadRequest(ValueError):
+    """Input the caller can fix; the message says what and where."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.param = param
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Defaults:
+    nfe_step: int = 32
+    cfg_strength: float = 2.0
+    max_input_chars: int = 4096
+    request_timeout: float = 300.0
+
+
+class VoiceStore:
+    """Voices by name: the packaged `default`, and folders under the cache's voices/.
+
+    A voice folder holds ``ref.wav`` (24 kHz mono) and ``ref.txt``. Loaded voices
+    are kept in memory; the registry API (upload, delete) builds on this.
+    """
+
+    def __init__(self, voices_dir: Path | None) -> None:
+        self.voices_dir = voices_dir
+        self._cache: dict[str, Voice] = {}
+
+    def names(self) -> list[str]:
+        names = {"default"}
+        if self.voices_dir and self.voices_dir.is_dir():
+            names |= {p.name for p in self.voices_dir.iterdir() if (p / "ref.wav").exists()}
+        return sorted(names)
+
+    def get(self, name: str) -> Voice:
+        if name in self._cache:
+            return self._cache[name]
+        if name == "default":
+            wav, txt = PACKAGE_VOICES / "default.wav", PACKAGE_VOICES / "default.txt"
+        elif self.voices_dir is not None and _safe_name(name):
+            wav, txt = self.voices_dir / name / "ref.wav", self.voices_dir / name / "ref.txt"
+        else:
+            wav = txt = Path("/nonexistent")
+        if not wav.exists():
+            raise BadRequest(
+                f"unknown voice {name!r}; available: {', '.join(self.names())}",
+                param="voice",
+                status=404,
+            )
+        voice = Voice(name, audio.decode(wav.read_bytes()), txt.read_text().strip())
+        self._cache[name] = voice
+        return voice
+
+
+def _safe_name(name: str) -> bool:
+    return 0 < len(name) <= 64 and name.replace("-", "").replace("_", "").isalnum()
+
+
+class StreamJoiner:
+    """Cross-fades chunks as they arrive, as F5-TTS joins them, holding back only a tail.
+
+    The output equals ``audio.crossfade(chunks)`` whenever every chunk is longer
+    than the fade (F5-TTS's chunks are seconds long; the fade is 0.15 s).
+    """
+
+    def __init__(self, sample_rate: int, seconds: float = CROSS_FADE_SECONDS) -> None:
+        self.fade = int(seconds * sample_rate)
+        self.tail: Audio | None = None
+
+    def push(self, chunk: Audio) -> Audio:
+        if self.tail is None:
+            body = chunk
+        else:
+            n = min(self.fade, len(self.tail), len(chunk))
+            if n > 0:
+                blend = self.tail[len(self.tail) - n :] * np.linspace(1, 0, n) + chunk[
+                    :n
+                ] * np.linspace(0, 1, n)
+                body = np.concatenate([self.tail[: len(self.tail) - n], blend, chunk[n:]])
+            else:
+                body = np.concatenate([self.tail, chunk])
+        keep = min(self.fade, len(body))
+        self.tail = body[len(body) - keep :]
+        return body[: len(body) - keep].astype(np.float32, copy=False)
+
+    def flush(self) -> Audio:
+        tail, self.tail = self.tail, None
+        return (
+            tail.astype(np.float32, copy=False)
+            if tail is not None
+            else np.zeros(0, dtype=np.float32)
+        )
+
+
+@dataclass
+class StreamStats:
+    samples: int = 0
+
+
+class SpeechService:
+    def __init__(
+        self,
+        engine: Engine,
+        queue: BatchQueue,
+        voices: VoiceStore,
+        metrics: ServerMetrics,
+        defaults: Defaults,
+    ) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.voices = voices
+        self.metrics = metrics
+        self.defaults = defaults
+
+    def prepare(self, req: SpeechRequest) -> tuple[list[SynthesisRequest], str]:
+        """Validate and split; raises BadRequest. Returns the chunk requests and the format."""
+        text = req.input.strip()
+        if not text:
+            raise BadRequest("input is empty: give the text to speak", param="input")
+        if len(text) > self.defaults.max_input_chars:
+            raise BadRequest(
+                f"input is {len(text)} characters; the limit is {self.defaults.max_input_chars} "
+                "(use the jobs API for long texts)",
+                param="input",
+            )
+        voice = self.voices.get(req.voice)
+        params = SynthesisParams(
+            speed=req.speed,
+            nfe_step=req.nfe_step or self.defaults.nfe_step,
+            cfg_strength=self.defaults.cfg_strength
+            if req.cfg_strength is None
+            else req.cfg_strength,
+            seed=req.seed,
+        )
+        chunks = self.engine.split_text(text, voice, params) or [text]
+        if ignored := req.ignored_fields():
+            log.info("ignoring fields this server does not use: %s", ", ".join(sorted(ignored)))
+        return [SynthesisRequest(chunk, voice, params) for chunk in chunks], req.response_format
+
+    async def synthesize(self, chunks: list[SynthesisRequest]) -> Audio:
+        """All chunks at once (best throughput), joined with the cross-fade."""
+        items = [
+            self.queue.submit(c, priority=LIVE, timeout=self.defaults.request_timeout)
+            for c in chunks
+        ]
+        try:
+            waves = [await item.future for item in items]
+        finally:
+            for item in items:
+                item.future.cancel()
+        return audio.crossfade(waves, self.engine.sample_rate, CROSS_FADE_SECONDS)
+
+    async def stream(
+        self,
+        chunks: list[SynthesisRequest],
+        fmt: str,
+        on_first_byte: Callable[[], None],
+        stats: StreamStats,
+    ) -> AsyncIterator[bytes]:
+        """Encoded audio as each chunk is ready; the first chunk runs alone."""
+        timeout = self.defaults.request_timeout
+        first = self.queue.submit(chunks[0], priority=LIVE, timeout=timeout)
+        items = [first]
+        joiner = StreamJoiner(self.engine.sample_rate)
+        encoder = audio.open_stream(fmt, self.engine.sample_rate)
+        sent = False
+        try:
+            if len(chunks) > 1:
+                await first.started.wait()
+                items += [self.queue.submit(c, priority=LIVE, timeout=timeout) for c in chunks[1:]]
+            for item in items:
+                wave = await item.future
+                stats.samples += len(wave)
+                data = encoder.feed(joiner.push(wave))
+                if data:
+                    if not sent:
+                        on_first_byte()
+                        sent = True
+                    yield data
+            data = encoder.feed(joiner.flush()) + encoder.close()
+            if data:
+                if not sent:
+                    on_first_byte()
+                yield data
+        finally:
+            encoder.abort()
+            for item in items:
+                item.future.cancel()
+
+    def record(self, fmt: str, wave_seconds: float, started: float) -> None:
+        elapsed = time.monotonic() - started
+        self.metrics.audio_seconds.labels(fmt).inc(wave_seconds)
+        if wave_seconds > 0:
+            self.metrics.rtf.observe(elapsed / wave_seconds)
+
+
+async def cancel_on_disconnect(
+    is_disconnected: Callable[[], object], task: asyncio.Task[Audio]
+) -> None:
+    """Cancel ``task`` when the client goes away, so its queued work is dropped."""
+    while not task.done():
+        disconnected = is_disconnected()
+        if asyncio.iscoroutine(disconnected):
+            disconnected = await disconnected
+        if disconnected:
+            task.cancel()
+            return
+        await asyncio.sleep(0.1)  # polling the connection state, as Starlette offers no event
