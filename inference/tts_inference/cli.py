@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "publish": (
         "tts_inference.cache.publish",
-        "upload a model folder and its manifest to the bucket",
+        "upload a model folder, or mirror an hf:// model, into the bucket with its manifest",
     ),
     "serve": (
         "tts_inference.serve",
