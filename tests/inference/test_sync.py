@@ -415,3 +415,15 @@ def test_publish_uses_multipart_for_large_files(
     )
     head = clean_s3.client(direct=True).head_object(Bucket=BUCKET, Key="models/mp/v1/big.bin")
     assert head["ContentLength"] == 12 * MIB
+
+
+def test_link_points_at_the_synced_folder(
+    tts_inference: list[str], clean_s3: S3Server, small_model: Model, cache: Path, tmp_path: Path
+) -> None:
+    link = tmp_path / "run" / "model"
+    for _ in range(2):  # a second sync (a restarted pod) replaces the link in place
+        proc = _sync(tts_inference, clean_s3, small_model.source, cache, "--link", str(link))
+        assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink()
+    assert link.resolve() == _model_dir(cache, small_model).resolve()
+    assert (link / "vocab.txt").read_bytes() == small_model.files["vocab.txt"]

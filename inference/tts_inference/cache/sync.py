@@ -666,6 +666,15 @@ def _download(
     return len(jobs), progress.fetched, reused
 
 
+def link_atomic(link: Path, target: Path) -> None:
+    """Point ``link`` at ``target``, replacing any old link in one rename."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.tmp.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target.absolute(), target_is_directory=True)
+    os.replace(tmp, link)
+
+
 # --------------------------------------------------------------------------- command
 
 
@@ -695,6 +704,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--progress-interval", type=float, default=5.0, help="seconds between progress lines"
+    )
+    parser.add_argument(
+        "--link",
+        type=Path,
+        help="also point this symlink at the synced model folder (pod-local, e.g. /run/tts/model for serve --model-dir)",
     )
     parser.add_argument(
         "--termination-log",
@@ -728,6 +742,8 @@ def run(args: argparse.Namespace) -> int:
                     json.dumps({"event": "sync-failed", "message": message})
                 )
         return 1
+    if args.link is not None:
+        link_atomic(args.link, result.path)
     line = json.dumps(result.summary())
     print(line, flush=True)
     if args.termination_log:

@@ -52,7 +52,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from f5_tts.infer import utils_infer
 from f5_tts.model import CFM, DiT
-from f5_tts.model.utils import convert_char_to_pinyin, get_tokenizer
+from f5_tts.model import utils as f5_utils
 
 from tts_inference.engine.base import (
     SAMPLE_RATE,
@@ -267,7 +267,7 @@ class F5Engine(Engine):
         }
         # As utils_infer.load_model builds it, but load_checkpoint gets the dtype explicitly
         # (load_model lets it pick float16 on any CUDA device).
-        vocab_char_map, vocab_size = get_tokenizer(str(vocab), "custom")
+        vocab_char_map, vocab_size = f5_utils.get_tokenizer(str(vocab), "custom")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_MASK_WARNING)
             transformer = BACKBONES[config["backbone"]](
@@ -388,9 +388,11 @@ class F5Engine(Engine):
         if len(ref_text[-1].encode("utf-8")) == 1:
             ref_text = ref_text + " "
         speed = request.params.speed
+        if not speed > 0:
+            raise ValueError(f"speed must be positive, not {speed}")
         if len(gen_text.encode("utf-8")) < SHORT_TEXT_BYTES:
             speed = SHORT_TEXT_SPEED
-        text: list[str] = convert_char_to_pinyin([ref_text + gen_text])[0]
+        text: list[str] = f5_utils.convert_char_to_pinyin([ref_text + gen_text])[0]
 
         ref_frames = audio.shape[-1] // hop_length
         ref_text_len = len(ref_text.encode("utf-8"))

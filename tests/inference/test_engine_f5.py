@@ -1,0 +1,461 @@
+"""F5Engine on the tiny random model (CPU), and the FakeEngine test double.
+
+The tiny model speaks noise; these tests check the engine's loading, its F5-TTS
+preparation (against f5-tts's own infer_batch_process) and that batching never
+changes a seeded request's audio.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tts_inference.engine.base import (
+    SAMPLE_RATE,
+    Audio,
+    SynthesisParams,
+    SynthesisRequest,
+    Voice,
+)
+from tts_inference.engine.fake import FakeEngine, FakeEngineFailure
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+HOP = 256
+REF_TEXT = "This is the reference voice."
+# As f5-tts prepares it: preprocess_ref_audio_text adds ". ", infer_batch_process one more space.
+PREPARED_REF_TEXT = REF_TEXT + "  "
+SHORT = "Short one."
+MIDDLE = "Hello from a tiny random model on Kubernetes."
+LONG = (
+    "A much longer text, that goes on and on for a while, so that its duration is clearly "
+    "longer than the others in the batch."
+)
+
+
+def _reference_audio(seconds: float = 1.5) -> Audio:
+    """A voiced-looking reference, quiet (rms below 0.1) so the rms normalisation runs."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    rng = np.random.default_rng(0)
+    signal = sum(0.04 / k * np.sin(2 * math.pi * 150 * k * t) for k in range(1, 5))
+    return (signal + 0.002 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+VOICE = Voice("test", _reference_audio(), REF_TEXT)
+
+
+def _request(
+    text: str, seed: int | None, nfe_step: int = 4, speed: float = 1.0
+) -> SynthesisRequest:
+    return SynthesisRequest(text, VOICE, SynthesisParams(speed=speed, nfe_step=nfe_step, seed=seed))
+
+
+def _expected_frames(text: str, speed: float = 1.0) -> int:
+    """infer_batch_process's duration formula, minus the reference: the frames generated."""
+    ref_frames = len(VOICE.audio) // HOP
+    if len(text.encode("utf-8")) < 10:
+        speed = 0.3
+    ref_bytes = len(PREPARED_REF_TEXT.encode("utf-8"))
+    return int(ref_frames / ref_bytes * len(text.encode("utf-8")) / speed)
+
+
+def _max_diff(a: Audio, b: Audio) -> float:
+    assert a.shape == b.shape
+    return float(np.abs(a - b).max())
+
+
+# FakeEngine: no torch, no model.
+
+
+def test_fake_engine_counts_and_speaks_deterministically() -> None:
+    engine = FakeEngine()
+    engine.load()
+    requests = [_request("one", 1), _request("a longer text", None, speed=2.0)]
+    first = engine.synthesize_batch(requests)
+    second = engine.synthesize_batch(requests[:1])
+    assert (engine.loads, engine.calls, engine.batches) == (1, 2, [2, 1])
+    assert [len(a) for a in first] == [
+        FakeEngine.samples_for("one"),
+        FakeEngine.samples_for("a longer text", 2.0),
+    ]
+    assert all(a.dtype == np.float32 for a in first)
+    assert np.array_equal(first[0], second[0])
+    assert engine.split_text("  ", VOICE, SynthesisParams()) == []
+
+
+def test_fake_engine_fail_on_and_release() -> None:
+    engine = FakeEngine(delay=60.0, fail_on="boom")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            engine.synthesize_batch([_request("fine", 0), _request("it goes boom", 0)])
+        except FakeEngineFailure as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert engine.started.wait(10)
+    engine.release()  # ends the 60 s delay at once
+    worker.join(10)
+    assert not worker.is_alive()
+    assert len(errors) == 1
+    assert "boom" in str(errors[0])
+    assert engine.batches == [2]
+
+
+# F5Engine on the tiny model.
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _offline() -> Iterator[None]:
+    """Nothing here may reach a model hub; set before f5_tts is imported."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in OFFLINE.items():
+            mp.setenv(key, value)
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tts_inference.tiny_model import make_model
+
+    return make_model(tmp_path_factory.mktemp("engine") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny: Path) -> Any:
+    from tts_inference.engine.f5 import F5Engine
+
+    loaded = F5Engine(tiny, device="cpu")
+    loaded.load()
+    yield loaded
+    loaded.unload()
+
+
+@pytest.fixture
+def no_downloads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Records any attempt to download from the hub (and fails it)."""
+    import huggingface_hub
+    from f5_tts.infer import utils_infer
+
+    calls: list[tuple[Any, ...]] = []
+
+    def download(*args: Any, **kwargs: Any) -> str:
+        calls.append((args, kwargs))
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(utils_infer, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    return calls
+
+
+def test_loads_the_folder(tiny: Path, engine: Any) -> None:
+    from safetensors.torch import load_file
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    info = engine.info()
+    assert info["device"] == engine.device == "cpu"
+    assert info["model"] == "tiny"
+    assert info["dtype"] == "float32"
+    assert info["attn_backend"] == "torch"
+    assert info["f5_tts"] == "1.1.22"
+    tensors = load_file(str(tiny / "model_1250000.safetensors"))
+    weights = {k.removeprefix("ema_model."): v for k, v in tensors.items() if k.startswith("ema_")}
+    # Every parameter is in the checkpoint (which also holds buffers such as rotary frequencies).
+    names = [name for name, _ in engine._model.named_parameters()]
+    assert info["parameters"] == sum(weights[name].numel() for name in names)
+    state = engine._model.state_dict()
+    assert all(state[k].equal(v) for k, v in weights.items())
+    # Padding is masked in every attention layer.
+    processors = [block.attn.processor for block in engine._model.transformer.transformer_blocks]
+    assert processors
+    assert all(p.attn_mask_enabled for p in processors)
+
+
+def test_the_vocab_is_the_folders(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from f5_tts.model import utils as f5_utils
+
+    from tts_inference.engine.f5 import F5Engine
+
+    paths: list[str] = []
+    real = f5_utils.get_tokenizer
+
+    def spy(path: str, tokenizer: str) -> Any:
+        paths.append(path)
+        return real(path, tokenizer)
+
+    monkeypatch.setattr(f5_utils, "get_tokenizer", spy)
+    engine = F5Engine(tiny, device="cpu")
+    engine.load()
+    assert paths == [str(tiny / "vocab.txt")]
+    assert engine._model.vocab_char_map == real(str(tiny / "vocab.txt"), "custom")[0]
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "model.yaml",
+        "model_1250000.safetensors",
+        "vocab.txt",
+        "vocos/config.yaml",
+        "vocos/pytorch_model.bin",
+    ],
+)
+def test_a_missing_file_is_named_and_never_downloaded(
+    tiny: Path, tmp_path: Path, missing: str, no_downloads: list[tuple[Any, ...]]
+) -> None:
+    from tts_inference.engine.f5 import EngineError, F5Engine
+
+    folder = shutil.copytree(tiny, tmp_path / "model")
+    (folder / missing).unlink()
+    engine = F5Engine(folder, device="cpu")
+    with pytest.raises(EngineError, match=re.escape(str(folder / missing))):
+        engine.load()
+    assert no_downloads == []
+    with pytest.raises(EngineError, match="not loaded"):
+        engine.synthesize_batch([_request(MIDDLE, 0)])
+
+
+def test_a_corrupt_checkpoint_is_named(tiny: Path, tmp_path: Path) -> None:
+    from tts_inference.engine.f5 import EngineError, F5Engine
+
+    folder = shutil.copytree(tiny, tmp_path / "model")
+    (folder / "model_1250000.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(EngineError, match=re.escape(str(folder / "model_1250000.safetensors"))):
+        F5Engine(folder, device="cpu").load()
+
+
+def test_bad_settings_are_refused(tiny: Path) -> None:
+    from tts_inference.engine.f5 import EngineError, F5Engine
+
+    with pytest.raises(EngineError, match="dtype"):
+        F5Engine(tiny, device="cpu", dtype="int8")
+    with pytest.raises(EngineError, match="CUDA"):
+        F5Engine(tiny, device="cpu", attn_backend="flash_attn")
+    with pytest.raises(ValueError, match="max_batch"):
+        F5Engine(tiny, device="cpu", max_batch=0)
+    assert F5Engine(tiny, device="cpu", dtype="bfloat16").info()["dtype"] == "bfloat16"
+
+
+def test_one_request_speaks_for_the_f5_duration(engine: Any) -> None:
+    [audio] = engine.synthesize_batch([_request(MIDDLE, 0)])
+    assert isinstance(audio, np.ndarray)
+    assert audio.dtype == np.float32
+    assert audio.ndim == 1
+    assert np.isfinite(audio).all()
+    assert np.abs(audio).max() > 0
+    # vocos' ISTFT gives hop samples per frame, less one frame.
+    assert abs(len(audio) - _expected_frames(MIDDLE) * HOP) <= HOP
+
+
+@pytest.mark.parametrize(("text", "speed"), [(MIDDLE, 1.0), ("Hi.", 1.3), (LONG, 1.5)])
+def test_same_audio_as_f5_tts_infer_batch_process(engine: Any, text: str, speed: float) -> None:
+    """The engine prepares a request exactly as f5-tts does: same seed, same samples."""
+    import torch
+    from f5_tts.infer.utils_infer import infer_batch_process
+
+    [ours] = engine.synthesize_batch([_request(text, 7, speed=speed)])
+    torch.manual_seed(7)  # f5-tts draws its noise from the global generator
+    theirs, sample_rate, _ = next(
+        infer_batch_process(
+            (torch.from_numpy(VOICE.audio).unsqueeze(0), SAMPLE_RATE),
+            REF_TEXT + " ",  # as preprocess_ref_audio_text leaves it
+            [text],
+            engine._model,
+            engine._vocoder,
+            nfe_step=4,
+            speed=speed,
+            device="cpu",
+            progress=None,
+        )
+    )
+    assert sample_rate == SAMPLE_RATE
+    assert _max_diff(ours, theirs.astype(np.float32)) <= 1e-6
+
+
+def _alone_and_batched(engine: Any) -> tuple[Audio, list[Audio]]:
+    alone = engine.synthesize_batch([_request(MIDDLE, 7)])[0]
+    batch = engine.synthesize_batch([_request(SHORT, 1), _request(MIDDLE, 7), _request(LONG, 2)])
+    return alone, batch
+
+
+def _bound(audio: Audio) -> float:
+    """How far batching may move a sample: 1e-4 of the peak, far below anything audible.
+
+    Measured on this model (float32, CPU), alone vs batched: with the attention mask about
+    1e-6 of the peak (4e-8 absolute: float rounding, as the kernels differ with and without
+    a mask); without it 3e-3 for the middle item and 8e-3 for the shortest. The bound sits
+    100x above the first and 30x below the second.
+    """
+    return 1e-4 * float(np.abs(audio).max())
+
+
+def test_batching_does_not_change_a_seeded_request(engine: Any) -> None:
+    alone, batch = _alone_and_batched(engine)
+    assert [len(a) for a in batch] == sorted(len(a) for a in batch)
+    assert len(batch[0]) < len(batch[1]) < len(batch[2])
+    assert _max_diff(alone, batch[1]) <= _bound(alone)
+    # Not vacuous: another seed is other audio, and so is the neighbour's.
+    other = engine.synthesize_batch([_request(MIDDLE, 8)])[0]
+    assert _max_diff(alone, other) > 100 * _bound(alone)
+    # The shortest item, padded the most, is unchanged too.
+    short_alone = engine.synthesize_batch([_request(SHORT, 1)])[0]
+    assert _max_diff(short_alone, batch[0]) <= _bound(short_alone)
+
+
+def test_without_the_attention_mask_batching_changes_the_audio(tiny: Path) -> None:
+    """The reverse check: the same test fails when padded frames take part in attention."""
+    from tts_inference.engine.f5 import F5Engine
+
+    unmasked = F5Engine(tiny, device="cpu")
+    unmasked._attn_mask_enabled = False
+    unmasked.load()
+    assert unmasked.info()["attn_mask"] is False
+    alone, batch = _alone_and_batched(unmasked)
+    assert _max_diff(alone, batch[1]) > 10 * _bound(alone)
+
+
+def test_mixed_settings_come_back_in_order(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    requests = [
+        _request(LONG, 1, nfe_step=2),
+        _request(MIDDLE, 2, nfe_step=4),
+        _request(SHORT, 3, nfe_step=2, speed=1.5),
+        _request(MIDDLE, None, nfe_step=4, speed=0.8),
+        _request(MIDDLE, None, nfe_step=4, speed=0.8),
+    ]
+    # max_batch 2 splits the nfe_step=4 group into two sample() calls.
+    monkeypatch.setattr(engine, "max_batch", 2)
+    out = engine.synthesize_batch(requests)
+    assert len(out) == len(requests)
+    for audio, request in zip(out, requests, strict=True):
+        expected = _expected_frames(request.text, request.params.speed) * HOP
+        assert abs(len(audio) - expected) <= HOP, request
+        assert np.isfinite(audio).all()
+    # Seeded items are their own audio; unseeded ones each get a fresh seed.
+    assert _max_diff(out[1], engine.synthesize_batch(requests[1:2])[0]) <= _bound(out[1])
+    assert _max_diff(out[3], out[4]) > 0
+    assert engine.synthesize_batch([]) == []
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[;:,.!?])\s+", text) if s]
+
+
+def test_split_text_chunks_at_sentence_ends(engine: Any) -> None:
+    voice = Voice("long", _reference_audio(seconds=8.0), REF_TEXT)
+    # infer_process's budget: 22 s of reference and chunk at the reference's pace.
+    max_chars = int(len((REF_TEXT + " ").encode("utf-8")) / 8.0 * (22 - 8.0))
+    assert max_chars == 50
+    paragraph = (
+        "The operator starts the pods warm. Each init container finds the cache complete! "
+        "Nothing is downloaded twice? The server batches requests on one GPU. "
+        "This sentence is a good deal longer than the fifty bytes that one chunk may hold here. "
+        "Short. Also short."
+    )
+    chunks = engine.split_text(paragraph, voice, SynthesisParams())
+    assert len(chunks) >= 4
+    assert " ".join(chunks) == paragraph
+    sentences = _sentences(paragraph)
+    for chunk in chunks:
+        assert chunk[-1] in ".!?", chunk
+        parts = _sentences(chunk)
+        assert set(parts) <= set(sentences)
+        assert len(chunk.encode("utf-8")) <= max_chars or len(parts) == 1, chunk
+    assert (
+        "This sentence is a good deal longer than the fifty bytes that one chunk may hold here."
+        in chunks
+    )
+    assert "Short. Also short." in chunks
+    # Faster speech fits more text per chunk.
+    assert len(engine.split_text(paragraph, voice, SynthesisParams(speed=2.0))) < len(chunks)
+    assert engine.split_text("", voice, SynthesisParams()) == []
+    assert engine.split_text(" \n\t ", voice, SynthesisParams()) == []
+    assert engine.split_text("One sentence.", voice, SynthesisParams()) == ["One sentence."]
+
+
+def test_unload_frees_the_model(tiny: Path) -> None:
+    from tts_inference.engine.f5 import EngineError, F5Engine
+
+    engine = F5Engine(tiny, device="cpu")
+    engine.load()
+    assert engine.info()["parameters"] > 0
+    engine.warmup(VOICE)
+    engine.unload()
+    assert engine.info()["parameters"] is None
+    with pytest.raises(EngineError, match="not loaded"):
+        engine.synthesize_batch([_request(SHORT, 0)])
+
+
+# The full-size architecture on a GPU.
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@pytest.fixture(scope="module")
+def full_size(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tts_inference.tiny_model import FULL_ARCH, make_model
+
+    return make_model(
+        tmp_path_factory.mktemp("full") / "model", arch=FULL_ARCH, vocoder="full", name="full"
+    )
+
+
+def _speaks(engine: Any, texts: Sequence[str]) -> list[Audio]:
+    out: list[Audio] = engine.synthesize_batch(
+        [_request(t, i, nfe_step=8) for i, t in enumerate(texts)]
+    )
+    for audio, text in zip(out, texts, strict=True):
+        assert audio.dtype == np.float32
+        assert np.isfinite(audio).all()
+        assert abs(len(audio) - _expected_frames(text) * HOP) <= HOP
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_full_size_on_gpu(full_size: Path, dtype: str) -> None:
+    from tts_inference.engine.f5 import F5Engine
+
+    engine = F5Engine(full_size, device="cuda", dtype=dtype, attn_backend="torch")
+    engine.load()
+    try:
+        info = engine.info()
+        assert info["dtype"] == dtype
+        assert info["device"].startswith("cuda")
+        assert 330e6 < info["parameters"] < 340e6
+        _speaks(engine, [MIDDLE, SHORT])
+    finally:
+        engine.unload()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA device")
+def test_full_size_with_flash_attn(full_size: Path) -> None:
+    pytest.importorskip("flash_attn")
+    from tts_inference.engine.f5 import F5Engine
+
+    engine = F5Engine(full_size, device="cuda", dtype="bfloat16", attn_backend="auto")
+    engine.load()
+    try:
+        assert engine.info()["attn_backend"] == "flash_attn"
+        _speaks(engine, [MIDDLE, SHORT, LONG])
+    finally:
+        engine.unload()
