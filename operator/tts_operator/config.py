@@ -21,7 +21,10 @@ class Settings:
     health_port: int = 8081
     peering: str | None = None
     inference_image: str = "tts-operator/inference:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
     log_format: str = "plain"
+    # How the operator reaches an endpoint's API; {service}, {namespace} and {port} are filled in.
+    endpoint_url_template: str = "http://{service}.{namespace}.svc:{port}"
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -73,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-format", choices=["plain", "json"], help="log format (default plain)"
+    )
+    parser.add_argument(
+        "--image-pull-policy",
+        choices=["Always", "IfNotPresent", "Never"],
+        help="default pull policy of the inference image",
+    )
+    parser.add_argument(
+        "--endpoint-url-template",
+        help="how to reach an endpoint's API (default http://{service}.{namespace}.svc:{port})",
     )
     return parser
 
@@ -126,4 +138,10 @@ def parse(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
         or from_env("INFERENCE_IMAGE")
         or defaults.inference_image,
         log_format=args.log_format or from_env("LOG_FORMAT") or defaults.log_format,
+        image_pull_policy=args.image_pull_policy
+        or from_env("IMAGE_PULL_POLICY")
+        or defaults.image_pull_policy,
+        endpoint_url_template=args.endpoint_url_template
+        or from_env("ENDPOINT_URL_TEMPLATE")
+        or defaults.endpoint_url_template,
     )

@@ -16,3 +16,51 @@ FINALIZER = f"{GROUP}/finalizer"
 ANNOTATIONS_PREFIX = GROUP
 
 MANAGED_BY = "tts-operator"
+
+# Labels every child carries (app.kubernetes.io conventions).
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_KIND = f"{GROUP}/kind"
+
+# Annotations the operator writes on children.
+ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
+
+COMPONENT_SERVER = "server"
+COMPONENT_CACHE = "cache"
+COMPONENT_JOB = "job"
+
+# Condition types and reasons.
+CACHE_READY = "CacheReady"
+FLASH_ATTN_READY = "FlashAttnReady"
+AVAILABLE = "Available"
+
+REASON_CACHE_SYNCING = "CacheSyncing"
+REASON_CACHE_SYNCED = "CacheSynced"
+REASON_CACHE_FAILED = "CacheSyncFailed"
+REASON_FLASH_ATTN_DISABLED = "FlashAttnDisabled"
+REASON_FLASH_ATTN_INSTALLING = "FlashAttnInstalling"
+REASON_FLASH_ATTN_INSTALLED = "FlashAttnInstalled"
+REASON_FLASH_ATTN_FAILED = "FlashAttnFailed"
+REASON_WAITING_FOR_CACHE = "WaitingForCache"
+REASON_SCALED_TO_ZERO = "ScaledToZero"
+REASON_REPLICAS_READY = "ReplicasReady"
+REASON_REPLICAS_NOT_READY = "ReplicasNotReady"
+REASON_INVALID_SPEC = "InvalidSpec"
+
+# Phases.
+PHASE_PENDING = "Pending"
+PHASE_SYNCING = "Syncing"
+PHASE_READY = "Ready"
+PHASE_DEGRADED = "Degraded"
+PHASE_FAILED = "Failed"
+PHASE_RUNNING = "Running"
+PHASE_SUCCEEDED = "Succeeded"
+
+# Paths inside pods.
+CACHE_MOUNT = "/cache"
+RUN_MOUNT = "/run/tts"
+MODEL_LINK = f"{RUN_MOUNT}/model"
+SERVER_PORT = 8000

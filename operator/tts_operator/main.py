@@ -1,22 +1,45 @@
-"""Entry point of the `tts-operator` console script: settings, then Kopf's runtime."""
+"""Entry point of `tts-operator` and the Kopf handlers: each one fetches, calls the
+reconcile functions (which call the pure builders), applies and writes status."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from prometheus_client import start_http_server
 
 from tts_operator import config, constants
+from tts_operator.builders.objects import BuildConfig
+from tts_operator.handlers import endpoint as endpoint_flow
+from tts_operator.handlers import job as job_flow
+from tts_operator.kube import Kube
+from tts_operator.metrics import METRICS
 
 log = logging.getLogger("tts_operator")
 
+PHASES: dict[tuple[str, str], str] = {}
+# Timers are declared at import, so their interval comes from the environment.
+RECONCILE_INTERVAL = float(os.environ.get("TTS_OPERATOR_RECONCILE_INTERVAL") or 10)
+
+
+def _settings(memo: kopf.Memo) -> config.Settings:
+    settings = memo.get("settings")
+    return settings if isinstance(settings, config.Settings) else config.Settings()
+
+
+def _build_config(memo: kopf.Memo) -> BuildConfig:
+    s = _settings(memo)
+    return BuildConfig(image=s.inference_image, image_pull_policy=s.image_pull_policy)
+
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Name Kopf's finalizer and progress records under the project's group."""
     settings.persistence.finalizer = constants.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -27,6 +50,135 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    memo.setdefault("kube", Kube())
+    memo.setdefault("jobs", job_flow.JobApi())
+
+
+def _record(kind: str, name: str, phase: str | None) -> None:
+    if phase:
+        PHASES[(kind, name)] = phase
+    counts: dict[tuple[str, str], int] = {}
+    for (k, _), p in PHASES.items():
+        counts[(k, p)] = counts.get((k, p), 0) + 1
+    for k, p in {(k, p) for (k, _), p in PHASES.items()} | set(counts):
+        METRICS.resources.labels(k, p).set(counts.get((k, p), 0))
+
+
+async def _reconcile_endpoint(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger
+) -> None:
+    started = time.monotonic()
+    obj = dict(body)
+    try:
+        status = await endpoint_flow.reconcile(
+            memo.kube,
+            obj,
+            _build_config(memo),
+            _settings(memo).endpoint_url_template,
+            datetime.now(UTC),
+        )
+    except Exception:
+        METRICS.reconciles.labels("TTSEndpoint", "error").inc()
+        raise
+    finally:
+        METRICS.reconcile_seconds.labels("TTSEndpoint").observe(time.monotonic() - started)
+    METRICS.reconciles.labels("TTSEndpoint", "ok").inc()
+    old = body.get("status") or {}
+    if old.get("phase") != status.get("phase"):
+        kind = "Warning" if status.get("phase") == constants.PHASE_FAILED else "Normal"
+        message = next(
+            (c["message"] for c in status["conditions"] if c["status"] != "True"),
+            "all conditions true",
+        )
+        kopf.event(body, type=kind, reason=str(status.get("phase")), message=message)
+    _record("TTSEndpoint", f"{body.meta.namespace}/{body.meta.name}", status.get("phase"))
+    for key, value in status.items():
+        if old.get(key) != value:
+            patch.status[key] = value
+
+
+@kopf.on.create(constants.GROUP, constants.VERSION, constants.ENDPOINT_PLURAL)
+@kopf.on.update(constants.GROUP, constants.VERSION, constants.ENDPOINT_PLURAL, field="spec")
+@kopf.on.resume(constants.GROUP, constants.VERSION, constants.ENDPOINT_PLURAL)
+async def endpoint_changed(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    await _reconcile_endpoint(body, patch, memo, logger)
+
+
+@kopf.timer(
+    constants.GROUP,
+    constants.VERSION,
+    constants.ENDPOINT_PLURAL,
+    interval=RECONCILE_INTERVAL,
+    idle=0,
+)
+async def endpoint_timer(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Children change without events on the parent (a Job completes, pods become ready)."""
+    if body.meta.get("deletionTimestamp"):
+        return
+    await _reconcile_endpoint(body, patch, memo, logger)
+
+
+async def _reconcile_job(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    started = time.monotonic()
+    obj = dict(body)
+    now = datetime.now(UTC)
+    if job_flow.expired(obj, now):
+        await memo.kube.delete("TTSJob", body.meta.namespace, body.meta.name)
+        return
+    try:
+        status = await job_flow.reconcile(memo.kube, memo.jobs, obj, _build_config(memo), now)
+    except Exception:
+        METRICS.reconciles.labels("TTSJob", "error").inc()
+        raise
+    finally:
+        METRICS.reconcile_seconds.labels("TTSJob").observe(time.monotonic() - started)
+    METRICS.reconciles.labels("TTSJob", "ok").inc()
+    if status is None:
+        _record(
+            "TTSJob",
+            f"{body.meta.namespace}/{body.meta.name}",
+            (body.get("status") or {}).get("phase"),
+        )
+        return
+    old = body.get("status") or {}
+    if old.get("phase") != status.get("phase"):
+        kind = "Warning" if status.get("phase") == constants.PHASE_FAILED else "Normal"
+        kopf.event(
+            body, type=kind, reason=str(status.get("phase")), message=str(status.get("message", ""))
+        )
+    _record("TTSJob", f"{body.meta.namespace}/{body.meta.name}", status.get("phase"))
+    for key, value in status.items():
+        if old.get(key) != value:
+            patch.status[key] = value
+
+
+@kopf.on.create(constants.GROUP, constants.VERSION, constants.JOB_PLURAL)
+@kopf.on.resume(constants.GROUP, constants.VERSION, constants.JOB_PLURAL)
+async def job_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile_job(body, patch, memo)
+
+
+@kopf.timer(
+    constants.GROUP,
+    constants.VERSION,
+    constants.JOB_PLURAL,
+    interval=RECONCILE_INTERVAL,
+    idle=0,
+)
+async def job_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    if body.meta.get("deletionTimestamp"):
+        return
+    await _reconcile_job(body, patch, memo)
+
+
+@kopf.on.delete(constants.GROUP, constants.VERSION, constants.JOB_PLURAL)
+async def job_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await job_flow.cancel(memo.jobs, memo.kube, dict(body))
+    PHASES.pop(("TTSJob", f"{body.meta.namespace}/{body.meta.name}"), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,12 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "watching %s",
         "all namespaces" if settings.all_namespaces else ", ".join(settings.namespaces),
     )
+    start_http_server(settings.metrics_port)
     kopf.run(
         clusterwide=settings.all_namespaces,
         namespaces=list(settings.namespaces),
         liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
         peering_name=settings.peering,
         standalone=settings.peering is None,
+        memo=kopf.Memo(settings=settings),
     )
     return 0
 

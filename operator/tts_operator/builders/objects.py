@@ -1,0 +1,515 @@
+"""Pure builders: a TTSEndpoint or TTSJob in, Kubernetes objects out. No I/O, no clock.
+
+The command lines written into pods are exactly the ones DESIGN.md fixes
+(`tts-inference sync|install-flash-attn|serve|run-job`); a test parses them
+with the real `tts-inference` argument parser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tts_operator import constants as c
+from tts_operator.builders.meta import Obj, child_name, metadata, selector_labels, spec_hash
+
+SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+OPTIONAL_SECRET_KEYS = {"AWS_ENDPOINT_URL", "AWS_REGION"}
+DEFAULT_CACHE_SIZE = "20Gi"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Operator-wide settings the builders need."""
+
+    image: str = "tts-operator/inference:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def cache_claim_name(endpoint: Obj) -> str:
+    cache = endpoint["spec"]["storage"].get("cache", {})
+    return str(cache.get("existingClaim") or child_name(endpoint["metadata"]["name"], "cache"))
+
+
+def access_modes(spec: Obj) -> list[str]:
+    return list(spec["storage"].get("cache", {}).get("accessModes") or ["ReadWriteOnce"])
+
+
+def credentials_env(secret: str) -> list[Obj]:
+    """The bucket credentials, as env read from the Secret: never copied anywhere else."""
+    return [
+        {
+            "name": key,
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": secret,
+                    "key": key,
+                    **({"optional": True} if key in OPTIONAL_SECRET_KEYS else {}),
+                }
+            },
+        }
+        for key in SECRET_KEYS
+    ]
+
+
+def sync_command(source: str, *, link: bool = True) -> list[str]:
+    cmd = [
+        "tts-inference",
+        "sync",
+        "--source",
+        source,
+        "--cache-dir",
+        c.CACHE_MOUNT,
+        "--progress-interval",
+        "10",
+    ]
+    if link:
+        cmd += ["--link", c.MODEL_LINK]
+    return cmd
+
+
+def flash_attn_command(wheel: str, sha256: str | None) -> list[str]:
+    cmd = ["tts-inference", "install-flash-attn", "--wheel", wheel, "--cache-dir", c.CACHE_MOUNT]
+    if sha256:
+        cmd += ["--sha256", sha256]
+    return cmd
+
+
+def _image(spec: Obj, config: BuildConfig) -> tuple[str, str]:
+    return str(spec.get("image") or config.image), str(
+        spec.get("imagePullPolicy") or config.image_pull_policy
+    )
+
+
+def _container(
+    name: str, command: list[str], spec: Obj, config: BuildConfig, secret: str, **extra: Any
+) -> Obj:
+    image, pull = _image(spec, config)
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": pull,
+        "command": command,
+        "env": credentials_env(secret),
+        "volumeMounts": [
+            {"name": "cache", "mountPath": c.CACHE_MOUNT},
+            {"name": "run", "mountPath": c.RUN_MOUNT},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **extra,
+    }
+
+
+def _volumes(claim: str | None) -> list[Obj]:
+    cache: Obj = {"name": "cache"}
+    if claim:
+        cache["persistentVolumeClaim"] = {"claimName": claim}
+    else:
+        cache["emptyDir"] = {}
+    return [cache, {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}]
+
+
+def _resources(spec: Obj, default_gpus: int = 1) -> Obj:
+    res = spec.get("resources", {})
+    gpus = int(res.get("gpus", default_gpus))
+    requests = {k: str(v) for k, v in res.get("requests", {}).items()}
+    limits = {k: str(v) for k, v in res.get("limits", {}).items()}
+    if gpus:
+        requests["nvidia.com/gpu"] = str(gpus)
+        limits["nvidia.com/gpu"] = str(gpus)
+    out: Obj = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _placement(spec: Obj) -> Obj:
+    """nodeSelector, tolerations and affinity, shared by the cache Job and the GPU pods."""
+    out: Obj = {}
+    if spec.get("nodeSelector"):
+        out["nodeSelector"] = dict(spec["nodeSelector"])
+    if spec.get("tolerations"):
+        out["tolerations"] = [dict(t) for t in spec["tolerations"]]
+    if spec.get("affinity"):
+        out["affinity"] = dict(spec["affinity"])
+    return out
+
+
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+# --------------------------------------------------------------------------- TTSEndpoint
+
+
+def cache_pvc(endpoint: Obj) -> Obj | None:
+    """The cache claim, unless the endpoint names an existing one."""
+    spec = endpoint["spec"]
+    cache = spec["storage"].get("cache", {})
+    if cache.get("existingClaim"):
+        return None
+    pvc_spec: Obj = {
+        "accessModes": access_modes(spec),
+        "resources": {"requests": {"storage": str(cache.get("size") or DEFAULT_CACHE_SIZE)}},
+    }
+    if cache.get("storageClassName"):
+        pvc_spec["storageClassName"] = cache["storageClassName"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(endpoint, cache_claim_name(endpoint), c.COMPONENT_CACHE),
+        "spec": pvc_spec,
+    }
+
+
+def cache_key(endpoint: Obj, secret_version: str = "") -> str:
+    """One cache Job per (volume, model revision, flash-attn wheel, credentials version).
+
+    The Secret's resourceVersion is part of the key, so fixing a wrong key in the
+    Secret starts a fresh Job without anyone deleting the failed one; on a warm
+    cache that Job fetches nothing and ends in about a second.
+    """
+    spec = endpoint["spec"]
+    flash = spec.get("flashAttn", {})
+    wheel = flash.get("wheel") if flash.get("enabled") else None
+    return spec_hash(
+        cache_claim_name(endpoint),
+        spec["model"]["source"],
+        spec["model"].get("vocoderSource"),
+        wheel,
+        flash.get("sha256"),
+        secret_version,
+    )[:10]
+
+
+def cache_job_name(endpoint: Obj, secret_version: str = "") -> str:
+    return child_name(endpoint["metadata"]["name"], f"cache-{cache_key(endpoint, secret_version)}")
+
+
+def cache_job(endpoint: Obj, config: BuildConfig, *, secret_version: str = "") -> Obj:
+    """The Job that fills the cache once, on a node without a GPU request.
+
+    It carries the endpoint's placement (everything but the GPU request), so a
+    zonal or ReadWriteOnce volume it fills is one the GPU pods can mount. Its
+    summary (bytes, seconds, digest) comes back through the termination message.
+    """
+    spec = endpoint["spec"]
+    secret = spec["storage"]["credentialsSecret"]["name"]
+    flash = spec.get("flashAttn", {})
+    init = []
+    if flash.get("enabled"):
+        init.append(
+            _container(
+                "install-flash-attn",
+                flash_attn_command(flash["wheel"], flash.get("sha256")),
+                spec,
+                config,
+                secret,
+            )
+        )
+    sync = _container(
+        "sync",
+        [
+            *sync_command(spec["model"]["source"], link=False),
+            "--termination-log",
+            "/dev/termination-log",
+        ],
+        spec,
+        config,
+        secret,
+        resources={"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+    )
+    pod_spec: Obj = {
+        "restartPolicy": "Never",
+        "securityContext": POD_SECURITY,
+        "initContainers": init,
+        "containers": [sync],
+        "volumes": _volumes(cache_claim_name(endpoint)),
+        **_placement(spec),
+    }
+    if not init:
+        del pod_spec["initContainers"]
+    meta = metadata(endpoint, cache_job_name(endpoint, secret_version), c.COMPONENT_CACHE)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 4,
+            "activeDeadlineSeconds": 6 * 3600,
+            "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
+        },
+    }
+
+
+def server_name(endpoint: Obj) -> str:
+    return str(endpoint["metadata"]["name"])
+
+
+def server_selector(endpoint: Obj) -> dict[str, str]:
+    return selector_labels(endpoint["metadata"]["name"], c.COMPONENT_SERVER, endpoint["kind"])
+
+
+def serve_command(spec: Obj) -> list[str]:
+    inference = spec.get("inference", {})
+    cmd = [
+        "tts-inference",
+        "serve",
+        "--model-dir",
+        c.MODEL_LINK,
+        "--cache-dir",
+        c.CACHE_MOUNT,
+        "--port",
+        str(c.SERVER_PORT),
+    ]
+    for key, flag in (
+        ("nfeStep", "--nfe-step"),
+        ("cfgStrength", "--cfg-strength"),
+        ("maxBatch", "--max-batch"),
+        ("maxWaitMs", "--max-wait-ms"),
+        ("maxQueue", "--max-queue"),
+    ):
+        if key in inference:
+            cmd += [flag, str(inference[key])]
+    cmd += ["--model-name", str(spec["model"]["name"])]
+    return cmd
+
+
+def deployment(endpoint: Obj, config: BuildConfig, *, cache_ready: bool) -> Obj:
+    """The GPU server pods; no replica runs before the cache is ready.
+
+    Init containers run install-flash-attn (when enabled) and sync: on a ready
+    cache they finish in about a second and fetch nothing. A hash of the spec
+    and image is annotated on the pod template, so a spec change rolls the pods
+    and nothing else does.
+    """
+    spec = endpoint["spec"]
+    secret = spec["storage"]["credentialsSecret"]["name"]
+    flash = spec.get("flashAttn", {})
+    replicas = int(spec.get("replicas", 1)) if cache_ready else 0
+    digest = spec_hash(spec, _image(spec, config))
+    selector = server_selector(endpoint)
+    init = []
+    if flash.get("enabled"):
+        init.append(
+            _container(
+                "install-flash-attn",
+                flash_attn_command(flash["wheel"], flash.get("sha256")),
+                spec,
+                config,
+                secret,
+            )
+        )
+    init.append(_container("sync", sync_command(spec["model"]["source"]), spec, config, secret))
+    env_extra: list[Obj] = []
+    if spec.get("apiKeySecret"):
+        ref = spec["apiKeySecret"]
+        env_extra.append(
+            {
+                "name": "TTS_API_KEY",
+                "valueFrom": {
+                    "secretKeyRef": {"name": ref["name"], "key": ref.get("key", "api-key")}
+                },
+            }
+        )
+    if spec.get("voicesSource"):
+        env_extra.append({"name": "TTS_VOICES_URI", "value": spec["voicesSource"]})
+    probe = {"httpGet": {"path": "/readyz", "port": "http"}}
+    server = _container(
+        "server",
+        serve_command(spec),
+        spec,
+        config,
+        secret,
+        ports=[{"name": "http", "containerPort": c.SERVER_PORT, "protocol": "TCP"}],
+        resources=_resources(spec),
+        startupProbe={**probe, "periodSeconds": 5, "failureThreshold": 360},
+        readinessProbe={**probe, "periodSeconds": 5, "failureThreshold": 2},
+        livenessProbe={
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+    )
+    server["env"] = server["env"] + env_extra
+    pod_spec: Obj = {
+        "securityContext": POD_SECURITY,
+        "terminationGracePeriodSeconds": 60,
+        "initContainers": init,
+        "containers": [server],
+        "volumes": _volumes(cache_claim_name(endpoint)),
+        **_placement(spec),
+    }
+    modes = access_modes(spec)
+    if (
+        int(spec.get("replicas", 1)) > 1
+        and "ReadWriteMany" not in modes
+        and "ReadOnlyMany" not in modes
+    ):
+        # A ReadWriteOnce volume mounts on one node: keep every replica there.
+        affinity = dict(pod_spec.get("affinity", {}))
+        affinity["podAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": dict(selector)},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+        pod_spec["affinity"] = affinity
+    meta = metadata(
+        endpoint, server_name(endpoint), c.COMPONENT_SERVER, {c.ANNOTATION_SPEC_HASH: digest}
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": dict(meta["labels"]),
+                    "annotations": {c.ANNOTATION_SPEC_HASH: digest},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def service(endpoint: Obj) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(endpoint, server_name(endpoint), c.COMPONENT_SERVER),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": server_selector(endpoint),
+            "ports": [
+                {"name": "http", "port": c.SERVER_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def pod_disruption_budget(endpoint: Obj) -> Obj:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(endpoint, server_name(endpoint), c.COMPONENT_SERVER),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": server_selector(endpoint)}},
+    }
+
+
+def service_monitor(endpoint: Obj) -> Obj:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": metadata(endpoint, server_name(endpoint), c.COMPONENT_SERVER),
+        "spec": {
+            "selector": {
+                "matchLabels": server_selector(endpoint) | {c.LABEL_COMPONENT: c.COMPONENT_SERVER}
+            },
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+        },
+    }
+
+
+def endpoint_url(endpoint: Obj, template: str) -> str:
+    return template.format(
+        service=server_name(endpoint),
+        namespace=endpoint["metadata"]["namespace"],
+        port=c.SERVER_PORT,
+    )
+
+
+# --------------------------------------------------------------------------- TTSJob (batch)
+
+
+def batch_job_name(job: Obj) -> str:
+    return child_name(job["metadata"]["name"], "run")
+
+
+def run_job_command(job: Obj) -> list[str]:
+    spec = job["spec"]
+    cmd = ["tts-inference", "run-job", "--model-dir", c.MODEL_LINK, "--cache-dir", c.CACHE_MOUNT]
+    cmd += ["--text-uri", spec["textFrom"]] if spec.get("textFrom") else ["--text", spec["text"]]
+    voice = spec.get("voice", {})
+    if voice.get("refAudio"):
+        cmd += ["--ref-audio", voice["refAudio"]]
+        if voice.get("refText"):
+            cmd += ["--ref-text", voice["refText"]]
+    else:
+        cmd += ["--voice", voice.get("name", "default")]
+    output = spec["output"]
+    cmd += [
+        "--output",
+        output["uri"],
+        "--format",
+        output.get("format", "wav"),
+        "--job-id",
+        f"{job['metadata']['namespace']}/{job['metadata']['name']}",
+    ]
+    params = spec.get("params", {})
+    for key, flag in (
+        ("speed", "--speed"),
+        ("nfeStep", "--nfe-step"),
+        ("cfgStrength", "--cfg-strength"),
+        ("seed", "--seed"),
+    ):
+        if key in params:
+            cmd += [flag, str(params[key])]
+    return cmd
+
+
+def batch_job(job: Obj, config: BuildConfig) -> Obj:
+    """A TTSJob without an endpoint: one GPU pod with the same init containers and cache."""
+    spec = job["spec"]
+    secret = spec["storage"]["credentialsSecret"]["name"]
+    claim = spec["storage"].get("cache", {}).get("existingClaim")
+    init = [_container("sync", sync_command(spec["model"]["source"]), spec, config, secret)]
+    runner = _container(
+        "run-job",
+        [*run_job_command(job), "--termination-log", "/dev/termination-log"],
+        spec,
+        config,
+        secret,
+        resources=_resources(spec),
+    )
+    meta = metadata(job, batch_job_name(job), c.COMPONENT_JOB)
+    pod_spec: Obj = {
+        "restartPolicy": "Never",
+        "securityContext": POD_SECURITY,
+        "initContainers": init,
+        "containers": [runner],
+        "volumes": _volumes(claim),
+        **_placement(spec),
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": int(spec.get("backoffLimit", 2)),
+            "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
+        },
+    }

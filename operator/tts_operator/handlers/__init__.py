@@ -1,0 +1,1 @@
+"""Reconcile logic behind the Kopf handlers."""

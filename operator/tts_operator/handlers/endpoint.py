@@ -1,0 +1,276 @@
+"""TTSEndpoint: fetch children, call the builders, apply, write status.
+
+Reconciles from current state (the children as they are), never from event
+diffs, so a restarted operator reaches the same end state and creates nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tts_operator import constants as c
+from tts_operator import status as st
+from tts_operator.builders import objects as b
+from tts_operator.builders.meta import Obj
+from tts_operator.kube import Kube
+
+log = logging.getLogger("tts_operator.endpoint")
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What a batch/v1 Job and its pods say."""
+
+    state: str  # running | succeeded | failed
+    message: str = ""
+    summary: dict[str, Any] | None = None
+    failed_container: str | None = None
+
+
+def job_state(job: Obj | None, pods: list[Obj]) -> JobState | None:
+    """Pure: the outcome of a Job from its status and its pods' termination messages."""
+    if job is None:
+        return None
+    conds = {
+        cond.get("type"): cond
+        for cond in job.get("status", {}).get("conditions", [])
+        if cond.get("status") == "True"
+    }
+    summary, failed_container, failure = None, None, ""
+    for pod in pods:
+        statuses = pod.get("status", {}).get("initContainerStatuses", []) + pod.get(
+            "status", {}
+        ).get("containerStatuses", [])
+        for cs in statuses:
+            term = cs.get("state", {}).get("terminated") or cs.get("lastState", {}).get(
+                "terminated"
+            )
+            if not term:
+                continue
+            message = (term.get("message") or "").strip()
+            parsed = _json_line(message)
+            if term.get("exitCode", 0) == 0 and parsed and parsed.get("event") == "sync-complete":
+                summary = parsed
+            elif term.get("exitCode", 0) != 0:
+                failed_container = cs.get("name")
+                failure = (
+                    (parsed or {}).get("message")
+                    or _last_line(message)
+                    or term.get("reason", "failed")
+                )
+    if "Complete" in conds or job.get("status", {}).get("succeeded", 0) >= 1:
+        return JobState("succeeded", "cache synced", summary)
+    if "Failed" in conds:
+        reason = (
+            failure
+            or conds["Failed"].get("message")
+            or conds["Failed"].get("reason")
+            or "the Job failed"
+        )
+        return JobState("failed", reason, summary, failed_container)
+    return JobState("running", failure or "syncing", summary, failed_container)
+
+
+def _json_line(text: str) -> dict[str, Any] | None:
+    for raw in reversed(text.splitlines()):
+        line = raw.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+def endpoint_status(
+    endpoint: Obj, cache: JobState | None, deployment: Obj | None, url: str, now: datetime
+) -> Obj:
+    """Pure: the status a TTSEndpoint should have, given what its children report."""
+    spec, old = endpoint["spec"], endpoint.get("status", {}) or {}
+    gen = endpoint["metadata"].get("generation")
+    conds = old.get("conditions", [])
+    flash_enabled = bool(spec.get("flashAttn", {}).get("enabled"))
+    desired = int(spec.get("replicas", 1))
+    ready = int((deployment or {}).get("status", {}).get("readyReplicas", 0) or 0)
+    out: Obj = {"url": url, "observedGeneration": gen, "readyReplicas": ready}
+
+    if cache is None or cache.state == "running":
+        message = (
+            "the cache Job is installing flash_attn and syncing the model"
+            if cache
+            else "creating the cache Job"
+        )
+        conds = st.set_condition(
+            conds, c.CACHE_READY, False, c.REASON_CACHE_SYNCING, message, gen, now
+        )
+    elif cache.state == "succeeded":
+        s = cache.summary or {}
+        message = "model synced into the cache"
+        if s:
+            message += f": {s.get('bytesDownloaded', 0)} bytes in {s.get('seconds', 0)}s, digest {str(s.get('digest', ''))[:12]}"
+            out["modelDigest"] = s.get("digest")
+            out["cacheBytes"] = int(s.get("bytesDownloaded", 0))
+            out["cacheSeconds"] = float(s.get("seconds", 0))
+        conds = st.set_condition(
+            conds, c.CACHE_READY, True, c.REASON_CACHE_SYNCED, message, gen, now
+        )
+    else:
+        conds = st.set_condition(
+            conds, c.CACHE_READY, False, c.REASON_CACHE_FAILED, cache.message, gen, now
+        )
+
+    if not flash_enabled:
+        conds = st.set_condition(
+            conds,
+            c.FLASH_ATTN_READY,
+            True,
+            c.REASON_FLASH_ATTN_DISABLED,
+            "flash_attn is not enabled",
+            gen,
+            now,
+        )
+    elif (
+        cache is not None
+        and cache.state == "failed"
+        and cache.failed_container == "install-flash-attn"
+    ):
+        conds = st.set_condition(
+            conds, c.FLASH_ATTN_READY, False, c.REASON_FLASH_ATTN_FAILED, cache.message, gen, now
+        )
+    elif cache is not None and cache.state == "succeeded":
+        conds = st.set_condition(
+            conds,
+            c.FLASH_ATTN_READY,
+            True,
+            c.REASON_FLASH_ATTN_INSTALLED,
+            "flash_attn installed in the cache",
+            gen,
+            now,
+        )
+    else:
+        conds = st.set_condition(
+            conds,
+            c.FLASH_ATTN_READY,
+            False,
+            c.REASON_FLASH_ATTN_INSTALLING,
+            "installing flash_attn into the cache",
+            gen,
+            now,
+        )
+
+    cache_ready = cache is not None and cache.state == "succeeded"
+    if not cache_ready:
+        available = (False, c.REASON_WAITING_FOR_CACHE, "no server runs until the cache is ready")
+    elif desired == 0:
+        available = (
+            False,
+            c.REASON_SCALED_TO_ZERO,
+            "spec.replicas is 0: the cache stays warm, no server runs",
+        )
+    elif ready >= 1:
+        available = (True, c.REASON_REPLICAS_READY, f"{ready}/{desired} replicas ready")
+    else:
+        available = (False, c.REASON_REPLICAS_NOT_READY, f"0/{desired} replicas ready")
+    conds = st.set_condition(conds, c.AVAILABLE, available[0], available[1], available[2], gen, now)
+
+    if cache is not None and cache.state == "failed":
+        phase = c.PHASE_FAILED
+    elif not cache_ready:
+        phase = c.PHASE_SYNCING
+    elif desired == 0 or ready >= desired:
+        phase = c.PHASE_READY
+    elif ready > 0:
+        phase = c.PHASE_DEGRADED
+    else:
+        phase = c.PHASE_PENDING
+    out["phase"] = phase
+    out["conditions"] = conds
+    return out
+
+
+async def _job_pods(kube: Kube, namespace: str, job_name: str) -> list[Obj]:
+    return await kube.list("Pod", namespace, f"batch.kubernetes.io/job-name={job_name}")
+
+
+async def reconcile(
+    kube: Kube, endpoint: Obj, config: b.BuildConfig, url_template: str, now: datetime
+) -> Obj:
+    """Bring the children to the spec; return the status to write."""
+    ns = endpoint["metadata"]["namespace"]
+    secret_name = endpoint["spec"]["storage"]["credentialsSecret"]["name"]
+    secret = await kube.get("Secret", ns, secret_name)
+    secret_version = (secret or {}).get("metadata", {}).get("resourceVersion", "missing")
+
+    pvc = b.cache_pvc(endpoint)
+    if pvc is not None:
+        existing_pvc = await kube.get("PersistentVolumeClaim", ns, pvc["metadata"]["name"])
+        if existing_pvc is None:
+            await kube.create(pvc)
+        else:
+            want = pvc["spec"]["resources"]["requests"]["storage"]
+            have = (
+                existing_pvc.get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
+            )
+            if have != want:
+                await kube.patch(
+                    "PersistentVolumeClaim",
+                    ns,
+                    pvc["metadata"]["name"],
+                    {"spec": {"resources": {"requests": {"storage": want}}}},
+                )
+
+    job = b.cache_job(endpoint, config, secret_version=secret_version)
+    job_name = job["metadata"]["name"]
+    current = await kube.get("Job", ns, job_name)
+    if current is None:
+        current = await kube.create(job)
+    cache = job_state(current, await _job_pods(kube, ns, job_name))
+    if cache is not None and cache.state == "succeeded":
+        # Older cache Jobs of this endpoint (other revision, secret or wheel) are done with.
+        selector = f"{c.LABEL_INSTANCE}={endpoint['metadata']['name']},{c.LABEL_COMPONENT}={c.COMPONENT_CACHE},{c.LABEL_KIND}=ttsendpoint"
+        for old in await kube.list("Job", ns, selector):
+            if old["metadata"]["name"] != job_name:
+                await kube.delete("Job", ns, old["metadata"]["name"])
+
+    cache_ready = cache is not None and cache.state == "succeeded"
+    want = b.deployment(endpoint, config, cache_ready=cache_ready)
+    deployment = await kube.get("Deployment", ns, want["metadata"]["name"])
+    if deployment is None:
+        deployment = await kube.create(want)
+    else:
+        have_hash = deployment["metadata"].get("annotations", {}).get(c.ANNOTATION_SPEC_HASH)
+        want_hash = want["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
+        if have_hash != want_hash or deployment["spec"].get("replicas") != want["spec"]["replicas"]:
+            deployment = await kube.patch(
+                "Deployment",
+                ns,
+                want["metadata"]["name"],
+                {
+                    "metadata": {"annotations": want["metadata"]["annotations"]},
+                    "spec": want["spec"],
+                },
+            )
+    for child in (b.service(endpoint), b.pod_disruption_budget(endpoint)):
+        if await kube.get(child["kind"], ns, child["metadata"]["name"]) is None:
+            await kube.create(child)
+    if await kube.crd_exists("servicemonitors.monitoring.coreos.com"):
+        monitor = b.service_monitor(endpoint)
+        if await kube.get("ServiceMonitor", ns, monitor["metadata"]["name"]) is None:
+            await kube.create(monitor)
+
+    if secret is None and (cache is None or cache.state != "succeeded"):
+        cache = JobState(
+            "failed", f"Secret {ns}/{secret_name} (spec.storage.credentialsSecret) not found"
+        )
+    return endpoint_status(endpoint, cache, deployment, b.endpoint_url(endpoint, url_template), now)

@@ -1,0 +1,320 @@
+"""TTSJob: on a warm endpoint through its job API, or as a batch Job; status mirrored.
+
+On an endpoint the job is submitted with the TTSJob's uid as the idempotency
+key (attempt N > 1 adds "-N"), so a restarted operator, or a status write
+that was lost, can never run the same attempt twice: the server returns the
+job it already has.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+
+from tts_operator import constants as c
+from tts_operator import status as st
+from tts_operator.builders import objects as b
+from tts_operator.builders.meta import Obj
+from tts_operator.handlers.endpoint import job_state
+from tts_operator.kube import Kube
+
+log = logging.getLogger("tts_operator.job")
+
+SUBMITTED = "Submitted"
+COMPLETE = "Complete"
+FAILED = "Failed"
+
+
+class ServerError(Exception):
+    """The endpoint's job API answered something other than what we asked for."""
+
+
+@dataclass(frozen=True)
+class ServerJob:
+    id: str
+    state: str
+    output_uri: str | None = None
+    audio_seconds: float | None = None
+    rtf: float | None = None
+    error: str | None = None
+    progress: float | None = None
+
+    @classmethod
+    def parse(cls, doc: dict[str, Any]) -> ServerJob:
+        return cls(
+            id=str(doc["id"]),
+            state=str(doc["state"]),
+            output_uri=doc.get("outputUri"),
+            audio_seconds=doc.get("audioSeconds"),
+            rtf=doc.get("rtf"),
+            error=doc.get("error"),
+            progress=doc.get("progress"),
+        )
+
+
+class JobApi:
+    """The endpoint server's /v1/jobs, over HTTP."""
+
+    def __init__(self, timeout: float = 30.0, api_key: str | None = None) -> None:
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def submit(self, base: str, body: dict[str, Any], key: str) -> ServerJob:
+        async with (
+            aiohttp.ClientSession(timeout=self.timeout) as session,
+            session.post(
+                f"{base}/v1/jobs", json=body, headers={**self.headers, "Idempotency-Key": key}
+            ) as resp,
+        ):
+            doc = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise ServerError(_error_message(doc, resp.status))
+            return ServerJob.parse(doc)
+
+    async def get(self, base: str, job_id: str) -> ServerJob | None:
+        async with (
+            aiohttp.ClientSession(timeout=self.timeout) as session,
+            session.get(f"{base}/v1/jobs/{job_id}", headers=self.headers) as resp,
+        ):
+            if resp.status == 404:
+                return None
+            doc = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise ServerError(_error_message(doc, resp.status))
+            return ServerJob.parse(doc)
+
+    async def cancel(self, base: str, job_id: str) -> None:
+        async with (
+            aiohttp.ClientSession(timeout=self.timeout) as session,
+            session.delete(f"{base}/v1/jobs/{job_id}", headers=self.headers) as resp,
+        ):
+            if resp.status not in (200, 202, 204, 404, 409):
+                raise ServerError(f"cancel answered {resp.status}")
+
+
+def _error_message(doc: Any, status: int) -> str:
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        return f"{status}: {doc['error'].get('message')}"
+    return f"{status}: {doc}"
+
+
+def server_body(job: Obj) -> dict[str, Any]:
+    """Pure: the POST /v1/jobs body for a TTSJob."""
+    spec = job["spec"]
+    body: dict[str, Any] = {
+        "output": {"uri": spec["output"]["uri"], "format": spec["output"].get("format", "wav")}
+    }
+    if spec.get("textFrom"):
+        body["textUri"] = spec["textFrom"]
+    else:
+        body["text"] = spec["text"]
+    voice = spec.get("voice", {})
+    if voice.get("refAudio"):
+        body["voice"] = {
+            "refAudio": voice["refAudio"],
+            **({"refText": voice["refText"]} if voice.get("refText") else {}),
+        }
+    else:
+        body["voice"] = voice.get("name", "default")
+    params = spec.get("params", {})
+    mapping = {
+        "speed": "speed",
+        "nfeStep": "nfe_step",
+        "cfgStrength": "cfg_strength",
+        "seed": "seed",
+    }
+    body["params"] = {mapping[k]: v for k, v in params.items() if k in mapping}
+    return body
+
+
+def idempotency_key(job: Obj, attempt: int) -> str:
+    uid = str(job["metadata"]["uid"])
+    return uid if attempt <= 1 else f"{uid}-{attempt}"
+
+
+def _finish(status: Obj, job: Obj, now: datetime, *, ok: bool, message: str) -> Obj:
+    gen = job["metadata"].get("generation")
+    status["phase"] = c.PHASE_SUCCEEDED if ok else c.PHASE_FAILED
+    status["message"] = message
+    status["completedAt"] = st.now_rfc3339(now)
+    conds = status.get("conditions", [])
+    conds = st.set_condition(
+        conds, COMPLETE, ok, "Succeeded" if ok else "Failed", message, gen, now
+    )
+    status["conditions"] = st.set_condition(
+        conds, FAILED, not ok, "Failed" if not ok else "Succeeded", message, gen, now
+    )
+    return status
+
+
+def expired(job: Obj, now: datetime) -> bool:
+    """Pure: a finished TTSJob whose ttlSecondsAfterFinished has passed."""
+    ttl = job["spec"].get("ttlSecondsAfterFinished")
+    done = (job.get("status") or {}).get("completedAt")
+    if ttl is None or not done:
+        return False
+    finished = datetime.strptime(done, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
+    return now >= finished + timedelta(seconds=int(ttl))
+
+
+async def reconcile(
+    kube: Kube, api: JobApi, job: Obj, config: b.BuildConfig, now: datetime
+) -> Obj | None:
+    """One pass; returns the status to write, or None when there is nothing to change."""
+    old: Obj = dict(job.get("status") or {})
+    if old.get("phase") in (c.PHASE_SUCCEEDED, c.PHASE_FAILED):
+        return None
+    status = dict(old)
+    status["observedGeneration"] = job["metadata"].get("generation")
+    gen = job["metadata"].get("generation")
+    if job["spec"].get("endpointRef"):
+        return await _on_endpoint(kube, api, job, status, gen, now)
+    return await _as_batch(kube, job, status, config, gen, now)
+
+
+async def _on_endpoint(
+    kube: Kube, api: JobApi, job: Obj, status: Obj, gen: int | None, now: datetime
+) -> Obj:
+    ns = job["metadata"]["namespace"]
+    name = job["spec"]["endpointRef"]["name"]
+    endpoint = await kube.get("TTSEndpoint", ns, name)
+    conds = (endpoint or {}).get("status", {}).get("conditions", [])
+    url = (endpoint or {}).get("status", {}).get("url")
+    if endpoint is None or not st.is_true(conds, c.AVAILABLE) or not url:
+        why = (
+            "not found"
+            if endpoint is None
+            else (st.get_condition(conds, c.AVAILABLE) or {}).get("message", "not ready")
+        )
+        status["phase"] = c.PHASE_PENDING
+        status["message"] = f"waiting for TTSEndpoint {name}: {why}"
+        status["conditions"] = st.set_condition(
+            status.get("conditions"),
+            SUBMITTED,
+            False,
+            "EndpointNotReady",
+            status["message"],
+            gen,
+            now,
+        )
+        return status
+    attempts = int(status.get("attempts", 0))
+    server_id = status.get("serverJobId")
+    if not server_id:
+        attempts += 1
+        try:
+            submitted = await api.submit(url, server_body(job), idempotency_key(job, attempts))
+        except ServerError as exc:  # the server refused the job itself: nothing to retry
+            status["attempts"] = attempts
+            return _finish(
+                status, job, now, ok=False, message=f"the endpoint refused the job: {exc}"
+            )
+        status.update(
+            serverJobId=submitted.id,
+            attempts=attempts,
+            phase=c.PHASE_RUNNING,
+            message=f"submitted to {name} as {submitted.id}",
+        )
+        status.setdefault("startedAt", st.now_rfc3339(now))
+        status["conditions"] = st.set_condition(
+            status.get("conditions"), SUBMITTED, True, "Submitted", status["message"], gen, now
+        )
+        return status
+    remote = await api.get(url, str(server_id))
+    if (
+        remote is None
+    ):  # the server lost it (e.g. replaced before it persisted): the same key resubmits
+        status["serverJobId"] = None
+        status["attempts"] = max(attempts - 1, 0)
+        status["message"] = f"job {server_id} not found on {name}; resubmitting"
+        return status
+    if remote.state == "succeeded":
+        status.update(
+            outputUri=remote.output_uri, audioSeconds=remote.audio_seconds, rtf=remote.rtf
+        )
+        return _finish(status, job, now, ok=True, message=f"audio written to {remote.output_uri}")
+    if remote.state in ("failed", "cancelled"):
+        limit = int(job["spec"].get("backoffLimit", 2))
+        if attempts <= limit:
+            status["serverJobId"] = None
+            status["message"] = (
+                f"attempt {attempts} failed: {remote.error}; retrying ({attempts}/{limit + 1})"
+            )
+            return status
+        return _finish(
+            status,
+            job,
+            now,
+            ok=False,
+            message=f"failed after {attempts} attempt(s): {remote.error}",
+        )
+    status["phase"] = c.PHASE_RUNNING
+    progress = f" ({remote.progress:.0%})" if isinstance(remote.progress, int | float) else ""
+    status["message"] = f"{remote.state} on {name}{progress}"
+    return status
+
+
+async def _as_batch(
+    kube: Kube, job: Obj, status: Obj, config: b.BuildConfig, gen: int | None, now: datetime
+) -> Obj:
+    ns = job["metadata"]["namespace"]
+    want = b.batch_job(job, config)
+    name = want["metadata"]["name"]
+    current = await kube.get("Job", ns, name) or await kube.create(want)
+    pods = await kube.list("Pod", ns, f"batch.kubernetes.io/job-name={name}")
+    state = job_state(current, pods)
+    status.setdefault("startedAt", st.now_rfc3339(now))
+    status["attempts"] = int(current.get("status", {}).get("failed", 0)) + (
+        1 if state and state.state != "failed" else 0
+    )
+    if state is None or state.state == "running":
+        status["phase"] = c.PHASE_RUNNING
+        status["message"] = f"batch Job {name} running"
+        return status
+    if state.state == "failed":
+        return _finish(status, job, now, ok=False, message=state.message)
+    summary = _run_job_summary(pods)
+    status.update(
+        outputUri=summary.get("outputUri"),
+        audioSeconds=summary.get("audioSeconds"),
+        rtf=summary.get("rtf"),
+    )
+    return _finish(
+        status,
+        job,
+        now,
+        ok=True,
+        message=f"audio written to {summary.get('outputUri', job['spec']['output']['uri'])}",
+    )
+
+
+def _run_job_summary(pods: list[Obj]) -> dict[str, Any]:
+    from tts_operator.handlers.endpoint import _json_line
+
+    for pod in pods:
+        for cs in pod.get("status", {}).get("containerStatuses", []):
+            term = cs.get("state", {}).get("terminated") or {}
+            if cs.get("name") == "run-job" and term.get("exitCode") == 0:
+                return _json_line(term.get("message") or "") or {}
+    return {}
+
+
+async def cancel(api: JobApi, kube: Kube, job: Obj) -> None:
+    """Deleting a running TTSJob cancels its work on the endpoint."""
+    status = job.get("status") or {}
+    if status.get("phase") in (c.PHASE_SUCCEEDED, c.PHASE_FAILED) or not status.get("serverJobId"):
+        return
+    ref = job["spec"].get("endpointRef")
+    if not ref:
+        return
+    endpoint = await kube.get("TTSEndpoint", job["metadata"]["namespace"], ref["name"])
+    url = (endpoint or {}).get("status", {}).get("url")
+    if url:
+        try:
+            await api.cancel(url, str(status["serverJobId"]))
+        except (aiohttp.ClientError, ServerError) as exc:
+            log.warning("could not cancel %s on %s: %s", status["serverJobId"], ref["name"], exc)

@@ -1,0 +1,284 @@
+"""Pure builders: each object for a table of specs, valid Kubernetes, commands the CLI accepts."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import all_versions
+
+from tts_inference.cli import build_parser
+from tts_operator import constants as c
+from tts_operator.builders import objects as b
+from tts_operator.builders.meta import child_name, spec_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = b.BuildConfig(image="registry.example/tts/inference:1.0")
+K8S_VERSIONS = [all_versions()[0], all_versions()[-1]]
+
+
+def _example(name: str) -> dict[str, Any]:
+    for path in (ROOT / "examples").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["metadata"]["name"] == name:
+                doc = copy.deepcopy(doc)
+                doc["metadata"].update(
+                    namespace="tts", uid="0b4c6f0e-5d4f-4a57-9a9e-000000000001", generation=3
+                )
+                return dict(doc)
+    raise KeyError(name)
+
+
+def endpoint(**spec_changes: Any) -> dict[str, Any]:
+    ep = _example("f5tts")
+    ep["spec"].update(spec_changes)
+    return ep
+
+
+ENDPOINTS = {
+    "example": endpoint(),
+    "existing-claim": endpoint(
+        storage={"credentialsSecret": {"name": "b2"}, "cache": {"existingClaim": "shared"}}
+    ),
+    "flash-attn": endpoint(
+        flashAttn={
+            "enabled": True,
+            "wheel": "s3://b/wheels/flash_attn-2.8.3+cu13torch2.11cxx11abiTRUE-cp311-cp311-linux_x86_64.whl",
+            "sha256": "a" * 64,
+        }
+    ),
+    "rwo-three-replicas": endpoint(replicas=3),
+    "rwx-three-replicas": endpoint(
+        replicas=3,
+        storage={"credentialsSecret": {"name": "b2"}, "cache": {"accessModes": ["ReadWriteMany"]}},
+    ),
+    "api-key-and-cpu": endpoint(
+        apiKeySecret={"name": "tts-key"}, resources={"gpus": 0, "requests": {"cpu": "2"}}
+    ),
+    "scaled-to-zero": endpoint(replicas=0),
+}
+
+
+def _all_objects(ep: dict[str, Any]) -> list[dict[str, Any]]:
+    objs = [
+        b.cache_job(ep, CONFIG),
+        b.deployment(ep, CONFIG, cache_ready=True),
+        b.service(ep),
+        b.pod_disruption_budget(ep),
+    ]
+    pvc = b.cache_pvc(ep)
+    return [*objs, *([pvc] if pvc else [])]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("case", sorted(ENDPOINTS))
+def test_every_child_is_valid_kubernetes(case: str, version: str) -> None:
+    for obj in _all_objects(ENDPOINTS[case]):
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_batch_job_is_valid_kubernetes(version: str) -> None:
+    kubernetes_validate.validate(b.batch_job(_example("chapter-one"), CONFIG), version, strict=True)
+
+
+@pytest.mark.parametrize("case", sorted(ENDPOINTS))
+def test_children_are_owned_labelled_and_named_within_limits(case: str) -> None:
+    ep = ENDPOINTS[case]
+    for obj in _all_objects(ep):
+        meta = obj["metadata"]
+        (owner,) = meta["ownerReferences"]
+        assert owner == {
+            "apiVersion": "tts.f5tts.dev/v1alpha1",
+            "kind": "TTSEndpoint",
+            "name": "f5tts",
+            "uid": ep["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        assert meta["namespace"] == "tts"
+        assert meta["labels"][c.LABEL_MANAGED_BY] == "tts-operator"
+        assert meta["labels"][c.LABEL_INSTANCE] == "f5tts"
+        assert len(meta["name"]) <= 63
+        assert "kubectl.kubernetes.io/last-applied-configuration" not in meta.get("annotations", {})
+
+
+def test_long_names_stay_unique_within_63_characters() -> None:
+    a, b_ = child_name("x" * 70, "cache"), child_name("x" * 69 + "y", "cache")
+    assert len(a) <= 63
+    assert len(b_) <= 63
+    assert a != b_
+
+
+def _containers(pod_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {ct["name"]: ct for ct in pod_spec.get("initContainers", []) + pod_spec["containers"]}
+
+
+@pytest.mark.parametrize("case", sorted(ENDPOINTS))
+def test_command_lines_parse_with_the_real_cli(case: str) -> None:
+    ep = ENDPOINTS[case]
+    pods = [
+        b.cache_job(ep, CONFIG)["spec"]["template"]["spec"],
+        b.deployment(ep, CONFIG, cache_ready=True)["spec"]["template"]["spec"],
+    ]
+    for pod in pods:
+        for ct in _containers(pod).values():
+            argv = ct["command"]
+            assert argv[0] == "tts-inference"
+            args = build_parser(argv[1]).parse_args(argv[1:])
+            assert args.command == argv[1]
+
+
+def test_batch_job_command_names_the_documented_command() -> None:
+    job = b.batch_job(_example("chapter-one"), CONFIG)
+    containers = _containers(job["spec"]["template"]["spec"])
+    assert containers["sync"]["command"][:2] == ["tts-inference", "sync"]
+    assert containers["run-job"]["command"][:2] == ["tts-inference", "run-job"]
+    assert "--text-uri" in containers["run-job"]["command"]
+
+
+def test_cache_job_requests_no_gpu_but_keeps_placement() -> None:
+    ep = ENDPOINTS["flash-attn"]
+    job = b.cache_job(ep, CONFIG)
+    pod = job["spec"]["template"]["spec"]
+    for ct in _containers(pod).values():
+        assert "nvidia.com/gpu" not in json.dumps(ct.get("resources", {}))
+    assert pod["nodeSelector"] == ep["spec"]["nodeSelector"]
+    assert pod["tolerations"] == ep["spec"]["tolerations"]
+    names = [ct["name"] for ct in pod.get("initContainers", [])] + [
+        ct["name"] for ct in pod["containers"]
+    ]
+    assert names == ["install-flash-attn", "sync"]
+    assert "--sha256" in _containers(pod)["install-flash-attn"]["command"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "f5tts-cache"
+
+
+def test_deployment_runs_init_containers_then_serve_with_gpu_and_probes() -> None:
+    ep = ENDPOINTS["flash-attn"]
+    dep = b.deployment(ep, CONFIG, cache_ready=True)
+    pod = dep["spec"]["template"]["spec"]
+    assert [ct["name"] for ct in pod["initContainers"]] == ["install-flash-attn", "sync"]
+    server = pod["containers"][0]
+    assert server["command"][:2] == ["tts-inference", "serve"]
+    assert server["command"][server["command"].index("--model-dir") + 1] == c.MODEL_LINK
+    assert _containers(pod)["sync"]["command"][-2:] == ["--link", c.MODEL_LINK]
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert server["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert server["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert server["image"] == CONFIG.image
+    assert dep["spec"]["replicas"] == 1
+
+
+def test_no_server_replica_before_the_cache_is_ready() -> None:
+    assert b.deployment(ENDPOINTS["example"], CONFIG, cache_ready=False)["spec"]["replicas"] == 0
+    assert (
+        b.deployment(ENDPOINTS["rwx-three-replicas"], CONFIG, cache_ready=True)["spec"]["replicas"]
+        == 3
+    )
+
+
+def test_credentials_reach_pods_only_as_env_from_the_secret() -> None:
+    ep = ENDPOINTS["example"]
+    for obj in _all_objects(ep):
+        text = json.dumps(obj)
+        assert "replace-with" not in text
+        for ct in (
+            _containers(obj["spec"]["template"]["spec"]).values()
+            if "template" in obj.get("spec", {})
+            else []
+        ):
+            env = {e["name"]: e for e in ct["env"]}
+            for key in b.SECRET_KEYS:
+                assert "value" not in env[key]
+                assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "b2-credentials"
+
+
+def test_rwo_volume_keeps_replicas_on_one_node_and_rwx_does_not() -> None:
+    rwo = b.deployment(ENDPOINTS["rwo-three-replicas"], CONFIG, cache_ready=True)["spec"][
+        "template"
+    ]["spec"]
+    terms = rwo["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms[0]["topologyKey"] == "kubernetes.io/hostname"
+    rwx = b.deployment(ENDPOINTS["rwx-three-replicas"], CONFIG, cache_ready=True)["spec"][
+        "template"
+    ]["spec"]
+    assert "podAffinity" not in rwx.get("affinity", {})
+
+
+def test_existing_claim_makes_no_pvc_and_is_mounted() -> None:
+    ep = ENDPOINTS["existing-claim"]
+    assert b.cache_pvc(ep) is None
+    vol = b.deployment(ep, CONFIG, cache_ready=True)["spec"]["template"]["spec"]["volumes"][0]
+    assert vol["persistentVolumeClaim"]["claimName"] == "shared"
+
+
+def test_api_key_reaches_the_server_from_its_secret() -> None:
+    server = b.deployment(ENDPOINTS["api-key-and-cpu"], CONFIG, cache_ready=True)["spec"][
+        "template"
+    ]["spec"]["containers"][0]
+    env = {e["name"]: e for e in server["env"]}
+    assert env["TTS_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "tts-key", "key": "api-key"}
+    assert "nvidia.com/gpu" not in json.dumps(server["resources"])
+
+
+def test_spec_change_rolls_the_pods_and_nothing_else_does() -> None:
+    ep = endpoint()
+    base = b.deployment(ep, CONFIG, cache_ready=True)
+    same = copy.deepcopy(ep)
+    same["status"] = {"phase": "Ready"}
+    same["metadata"]["annotations"] = {"note": "x"}
+    same["metadata"]["generation"] = 9
+    assert b.deployment(same, CONFIG, cache_ready=True) == base
+    changed = endpoint(inference={"nfeStep": 16})
+    new = b.deployment(changed, CONFIG, cache_ready=True)
+    key = c.ANNOTATION_SPEC_HASH
+    assert (
+        new["spec"]["template"]["metadata"]["annotations"][key]
+        != base["spec"]["template"]["metadata"]["annotations"][key]
+    )
+    assert "--nfe-step" in new["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_one_cache_job_per_volume_revision_wheel_and_secret_version() -> None:
+    ep = endpoint()
+    name = b.cache_job_name(ep, "1")
+    assert b.cache_job_name(endpoint(replicas=5), "1") == name, "scaling does not need a new sync"
+    assert (
+        b.cache_job_name(
+            endpoint(
+                model={
+                    "name": "F5TTS_v1_Base",
+                    "source": "s3://my-tts-bucket/models/F5TTS_v1_Base/v2/",
+                }
+            ),
+            "1",
+        )
+        != name
+    )
+    assert b.cache_job_name(ep, "2") != name, "a fixed Secret starts a fresh Job"
+
+
+def test_service_and_pdb_select_the_server_pods() -> None:
+    ep = endpoint()
+    pod_labels = b.deployment(ep, CONFIG, cache_ready=True)["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    for selector in (
+        b.service(ep)["spec"]["selector"],
+        b.pod_disruption_budget(ep)["spec"]["selector"]["matchLabels"],
+    ):
+        assert selector.items() <= pod_labels.items()
+    assert (
+        b.endpoint_url(ep, "http://{service}.{namespace}.svc:{port}") == "http://f5tts.tts.svc:8000"
+    )
+
+
+def test_spec_hash_is_stable_and_order_free() -> None:
+    assert spec_hash({"a": 1, "b": [1, 2]}) == spec_hash({"b": [1, 2], "a": 1})
+    assert spec_hash({"a": 1}) != spec_hash({"a": 2})
