@@ -24,9 +24,9 @@ K8S_VERSIONS = [all_versions()[0], all_versions()[-1]]
 
 def _example(name: str) -> dict[str, Any]:
     for path in (ROOT / "examples").glob("*.yaml"):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc["metadata"]["name"] == name:
-                doc = copy.deepcopy(doc)
+        for loaded in yaml.safe_load_all(path.read_text()):
+            if loaded and loaded["metadata"]["name"] == name:
+                doc = copy.deepcopy(loaded)
                 doc["metadata"].update(
                     namespace="tts", uid="0b4c6f0e-5d4f-4a57-9a9e-000000000001", generation=3
                 )
