@@ -182,6 +182,17 @@ def main() -> int:
                     f"s3://{BUCKET}/{PREFIX}/*",
                     str(dest / "s5cmd") + "/",
                 ],
+                # s5cmd returns with the data still in the page cache; tts-inference sync
+                # fsyncs every file before its marker. Same durability: flush after s5cmd.
+                "s5cmd cp + sync -f": [
+                    "sh",
+                    "-c",
+                    '"$0" --endpoint-url "$1" cp "$2" "$3" && sync -f "$3"',
+                    str(BIN / "s5cmd"),
+                    env["AWS_ENDPOINT_URL"],
+                    f"s3://{BUCKET}/{PREFIX}/*",
+                    str(dest / "s5cmd") + "/",
+                ],
                 "dd (disk write)": [
                     "dd",
                     "if=/dev/zero",
@@ -247,6 +258,7 @@ def main() -> int:
         "mib_per_s": mibs,
         "ratio_vs_boto3": mibs["tts-inference sync"] / mibs["boto3 download_file"],
         "ratio_vs_s5cmd": mibs["tts-inference sync"] / mibs["s5cmd cp"],
+        "ratio_vs_s5cmd_durable": mibs["tts-inference sync"] / mibs["s5cmd cp + sync -f"],
         "warm": {
             "wall_seconds_median": statistics.median(warm_wall),
             "sync_seconds_median": statistics.median(warm_inner),
