@@ -74,7 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
     parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16", "int8"],
+        help="auto: float16 on CUDA, float32 on CPU; int8: dynamic int8 Linear layers, CPU only, ~3x faster there",
     )
     parser.add_argument("--attn-backend", default="auto", choices=["auto", "torch", "flash_attn"])
     parser.add_argument(

@@ -238,7 +238,7 @@ def test_bad_settings_are_refused(tiny: Path) -> None:
     from tts_inference.engine.f5 import EngineError, F5Engine
 
     with pytest.raises(EngineError, match="dtype"):
-        F5Engine(tiny, device="cpu", dtype="int8")
+        F5Engine(tiny, device="cpu", dtype="int4")
     with pytest.raises(EngineError, match="CUDA"):
         F5Engine(tiny, device="cpu", attn_backend="flash_attn")
     with pytest.raises(ValueError, match="max_batch"):
@@ -322,6 +322,19 @@ def test_without_the_attention_mask_batching_changes_the_audio(tiny: Path) -> No
     assert unmasked.info()["attn_mask"] is False
     alone, batch = _alone_and_batched(unmasked)
     assert _max_diff(alone, batch[1]) > 10 * _bound(alone)
+
+
+def test_int8_on_cpu_speaks_and_batching_still_changes_nothing(tiny: Path) -> None:
+    """int8 runs requests one at a time (its activation scales are per tensor), so
+    a batch cannot change a request's audio; its audio stays close to float32's."""
+    from tts_inference.engine.f5 import F5Engine
+
+    int8 = F5Engine(tiny, device="cpu", dtype="int8")
+    int8.load()
+    assert int8.info()["dtype"] == "int8"
+    alone, batch = _alone_and_batched(int8)
+    assert np.isfinite(alone).all()
+    assert _max_diff(alone, batch[1]) == 0.0
 
 
 def test_mixed_settings_come_back_in_order(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:

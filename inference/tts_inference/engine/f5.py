@@ -180,7 +180,7 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
         return DTYPES[dtype]
     except KeyError:
         raise EngineError(
-            f"dtype must be auto or one of {', '.join(DTYPES)}, not {dtype!r}"
+            f"dtype must be auto, int8 (CPU) or one of {', '.join(DTYPES)}, not {dtype!r}"
         ) from None
 
 
@@ -217,7 +217,14 @@ class F5Engine(Engine):
         self.model_dir = Path(model_dir)
         self.max_batch = max_batch
         self._device = _resolve_device(device)
-        self._dtype = _resolve_dtype(dtype, self._device)
+        # int8: dynamic int8 quantization of the transformer's Linear layers on CPU
+        # (about 3x faster there than float32 on AVX2). Its activation scales are
+        # computed per input tensor, so requests run one at a time in that mode:
+        # a batch could otherwise change a request's audio.
+        self._quantize = dtype == "int8"
+        if self._quantize and not self._device.startswith("cpu"):
+            raise EngineError(f"dtype int8 is for CPU; on {self._device} use float16 or bfloat16")
+        self._dtype = _resolve_dtype("float32" if self._quantize else dtype, self._device)
         self._attn_backend = _resolve_attn_backend(attn_backend, self._device)
         # Tests switch this off before load() to show what masking prevents.
         self._attn_mask_enabled = True
@@ -301,6 +308,10 @@ class F5Engine(Engine):
             )
         except Exception as exc:
             raise EngineError(f"{vocoder_dir}: cannot load the vocoder: {exc}") from exc
+        if self._quantize:
+            model.transformer = torch.ao.quantization.quantize_dynamic(
+                model.transformer, {torch.nn.Linear}, dtype=torch.qint8
+            )
         self._config = config
         self._model = model.eval()
         self._vocoder = vocoder
@@ -319,7 +330,7 @@ class F5Engine(Engine):
             "device": self.device,
             "model": config.get("name", self.model_dir.name),
             "model_dir": str(self.model_dir),
-            "dtype": str(self._dtype).removeprefix("torch."),
+            "dtype": "int8" if self._quantize else str(self._dtype).removeprefix("torch."),
             "attn_backend": self._attn_backend,
             "attn_mask": self._attn_mask_enabled,
             "parameters": params,
@@ -354,10 +365,11 @@ class F5Engine(Engine):
             p = request.params
             groups.setdefault((p.nfe_step, p.cfg_strength, p.sway_sampling_coef), []).append(index)
         out: dict[int, Audio] = {}
+        size = 1 if self._quantize else self.max_batch
         with torch.inference_mode():
             for (steps, cfg_strength, sway), indices in groups.items():
-                for start in range(0, len(indices), self.max_batch):
-                    chunk = indices[start : start + self.max_batch]
+                for start in range(0, len(indices), size):
+                    chunk = indices[start : start + size]
                     waves = self._sample(
                         [requests[i] for i in chunk],
                         steps=steps,
