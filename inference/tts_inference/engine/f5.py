@@ -309,7 +309,7 @@ class F5Engine(Engine):
         except Exception as exc:
             raise EngineError(f"{vocoder_dir}: cannot load the vocoder: {exc}") from exc
         if self._quantize:
-            model.transformer = torch.ao.quantization.quantize_dynamic(
+            model.transformer = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
                 model.transformer, {torch.nn.Linear}, dtype=torch.qint8
             )
         self._config = config
