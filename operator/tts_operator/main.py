@@ -86,10 +86,12 @@ async def _reconcile_endpoint(
     old = body.get("status") or {}
     if old.get("phase") != status.get("phase"):
         kind = "Warning" if status.get("phase") == constants.PHASE_FAILED else "Normal"
-        message = next(
-            (c["message"] for c in status["conditions"] if c["status"] != "True"),
-            "all conditions true",
-        )
+        conds = {cond["type"]: cond for cond in status["conditions"]}
+        order = (constants.CACHE_READY, constants.FLASH_ATTN_READY, constants.AVAILABLE)
+        failing = [
+            conds[t]["message"] for t in order if t in conds and conds[t]["status"] != "True"
+        ]
+        message = failing[0] if failing else "all conditions true"
         kopf.event(body, type=kind, reason=str(status.get("phase")), message=message)
     _record("TTSEndpoint", f"{body.meta.namespace}/{body.meta.name}", status.get("phase"))
     for key, value in status.items():
