@@ -21,6 +21,9 @@ which kmock reaches only when no test reaction answered first; so a request a
 test answers with an injected 500 changes nothing, as on a real server (kmock
 itself would still apply it). ``_handle`` bypasses kmock's own store on purpose.
 
+``OperatorRunner`` runs the real Kopf runtime (``kopf.operator``) on a thread
+of its own against it, stoppable and restartable within one test.
+
 ``ApiServer`` wraps the emulator rather than being it: it runs the server on
 its own thread and event loop, so that the test thread, the operator's
 synchronous kubernetes client and Kopf (on its own thread) never block the
@@ -84,6 +87,8 @@ What it implements (as a real API server does)
   one (``ApiServer.add_crd``) adds the resource to discovery, deleting it
   removes the resource and its objects.
 - events (core v1 and events.k8s.io/v1) are stored like any object.
+- Kopf's peering: ``kopf_peering_crds()`` are the kopf.dev/v1 CRDs to install
+  when a test runs the operator with a peering name (standalone runs need none).
 - bearer-token authentication (401 without the kubeconfig's token).
 
 What it does not implement
@@ -1886,6 +1891,39 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return {"name": group, "versions": docs, "preferredVersion": docs[0]}
 
 
+def kopf_peering_crds() -> list[Body]:
+    """Kopf's KopfPeering and ClusterKopfPeering CRDs (kopf.dev/v1), for operators run with peering."""
+    crds = []
+    for kind, scope in (("KopfPeering", "Namespaced"), ("ClusterKopfPeering", "Cluster")):
+        plural = f"{kind.lower()}s"
+        crds.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.kopf.dev"},
+                "spec": {
+                    "group": "kopf.dev",
+                    "scope": scope,
+                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {
+                                "openAPIV3Schema": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return crds
+
+
 # --------------------------------------------------------------------------------------------
 # The test-facing server: a thread, a kubeconfig, helpers.
 # --------------------------------------------------------------------------------------------
@@ -1972,11 +2010,15 @@ class ApiServer:
         self._thread = threading.Thread(target=self._run, name="kube-emulator", daemon=True)
         self._thread.start()
         self._url = self._ready.result(timeout=timeout)
-        for crd in self._crds:
-            self.add_crd(crd)
-        for namespace in self._namespaces:
-            self.kmock.on_loop(functools.partial(self.kmock._ensure_namespace, namespace))
-            self.kmock._notify()
+        try:
+            for crd in self._crds:
+                self.add_crd(crd)
+            for namespace in self._namespaces:
+                self.kmock.on_loop(functools.partial(self.kmock._ensure_namespace, namespace))
+                self.kmock._notify()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -2380,7 +2422,9 @@ class ApiServer:
         except ValueError:
             return status, raw.decode(errors="replace")
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float = 10.0, message: str = "") -> T:
+    def wait_for(
+        self, predicate: Callable[[], T | None], timeout: float = 10.0, message: str = ""
+    ) -> T:
         """Return the predicate's first truthy value; AssertionError after ``timeout`` seconds.
 
         Re-checked on every change the server stores (no fixed sleeps), and at least every
