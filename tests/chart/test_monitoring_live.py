@@ -1,0 +1,302 @@
+"""A real Prometheus scrapes a real server and the operator's real metrics, under load.
+
+Debian's prometheus runs with a generated config (1 s scrape and evaluation,
+the server and an operator-metrics process as static targets, the chart's
+rendered rules as its rule file). While a load of speech requests (some
+refused with 429, some dropped past their deadline, some invalid) and jobs (one
+succeeding, one failing per round) runs, every recording rule and every query
+of every dashboard panel must return a sample that is a number (not NaN).
+The dashboard JSON is parsed, so a new panel is covered without touching this
+test; a panel that cannot have data here must be in ALLOWED_EMPTY, with why.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.chart.conftest import BUCKET, MISSING_BUCKET, ImageServer
+from tests.chart.helm import ALL_ON, ROOT, Obj, dashboards, recording_rules, render, rule_groups
+from tests.conftest import require_tool
+from tests.support.s3 import free_port, wait_for_port
+
+pytestmark = pytest.mark.slow
+
+# Panels that cannot have data from a server and the operator alone, and why.
+ALLOWED_EMPTY = {
+    "Cache volume": "kubelet_volume_stats_* come from the kubelet's volume stats: only a node serves them",
+}
+# How the test fills in the dashboard's variables (Grafana's "All" is .*).
+VARIABLES = {"$__rate_interval": "5m", "${namespace}": ".*", "$namespace": ".*"}
+DEADLINE_S = 90
+
+
+@dataclass(frozen=True)
+class Query:
+    where: str  # "record <name>" or "panel <title> <refId>"
+    expr: str
+
+
+def _panels(dashboard: Obj) -> Iterator[Obj]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def panel_queries(dashboard: Obj) -> list[tuple[str, Query]]:
+    """(panel title, query) for every target of every panel, variables filled in."""
+    out = []
+    for panel in _panels(dashboard):
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for name, value in VARIABLES.items():
+                expr = expr.replace(name, value)
+            assert "$" not in expr, f"panel {panel['title']!r} uses an unknown variable: {expr}"
+            out.append((panel["title"], Query(f"panel {panel['title']!r} {target['refId']}", expr)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[Obj]:
+    return render(ALL_ON)
+
+
+@pytest.fixture(scope="module")
+def operator_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("operator-metrics") / "stub.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.chart.operator_metrics_stub", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        wait_for_port(port, proc=proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    rendered: list[Obj],
+    image_server: ImageServer,
+    operator_metrics: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("prometheus")
+    (tmp / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups(rendered)}))
+    server_port = image_server.url.rsplit(":", 1)[1]
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["rules.yaml"],
+        "scrape_configs": [
+            {
+                "job_name": "tts-server",
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{server_port}"],
+                        "labels": {"namespace": "tts", "pod": "f5tts-5f7d9-x2kqp"},
+                    }
+                ],
+            },
+            {
+                "job_name": "tts-operator",
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{operator_metrics}"],
+                        "labels": {"namespace": "tts-system", "pod": "tts-operator-0"},
+                    }
+                ],
+            },
+        ],
+    }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = tmp / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                require_tool("prometheus"),
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(log.read_text()[-3000:])
+            time.sleep(0.1)  # polling a process that is starting up
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+class Load:
+    """Rounds of mixed traffic, back to back, until stopped."""
+
+    TEXTS = ("Hello there.", "A short sentence to speak.", "Numbers: one, two, three.")
+    FORMATS = ("wav", "mp3", "flac", "pcm")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stop = threading.Event()
+        self.statuses: dict[int, int] = {}
+        self.jobs: dict[int, int] = {}
+        self.errors: list[str] = []
+        self.rounds = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(timeout=120)
+
+    def _speech(self, client: httpx.Client, i: int) -> int:
+        body: dict[str, Any] = {
+            "model": "tiny",
+            "input": self.TEXTS[i % len(self.TEXTS)],
+            "voice": "default",
+            "response_format": self.FORMATS[i % len(self.FORMATS)],
+        }
+        return client.post(f"{self.url}/v1/audio/speech", json=body).status_code
+
+    def _round(self, client: httpx.Client, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        n = self.rounds
+        for bucket, name in ((BUCKET, "ok"), (MISSING_BUCKET, "fails")):
+            r = client.post(
+                f"{self.url}/v1/jobs",
+                json={
+                    "text": "A job in the load test.",
+                    "output": {"uri": f"s3://{bucket}/load/{name}-{n}.wav"},
+                },
+            )
+            self.jobs[r.status_code] = self.jobs.get(r.status_code, 0) + 1
+        bad = client.post(
+            f"{self.url}/v1/audio/speech", json={"model": "tiny", "input": "", "voice": "default"}
+        )
+        self.statuses[bad.status_code] = self.statuses.get(bad.status_code, 0) + 1
+        # More at once than the queue holds: some 429s, some dropped past their deadline.
+        for status in pool.map(lambda i: self._speech(client, i), range(n, n + 12)):
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.rounds += 1
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=60) as client, concurrent.futures.ThreadPoolExecutor(12) as pool:
+            while not self.stop.is_set():
+                try:
+                    self._round(client, pool)
+                except httpx.HTTPError as exc:
+                    self.errors.append(repr(exc))
+
+
+def _query(prometheus: str, expr: str) -> list[Obj]:
+    r = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+    body = r.json()
+    assert body.get("status") == "success", f"{expr}: {body}"
+    result: list[Obj] = body["data"]["result"]
+    return result
+
+
+def _has_number(result: list[Obj]) -> bool:
+    return any(not math.isnan(float(s["value"][1])) for s in result)
+
+
+def test_every_recording_rule_and_dashboard_query_returns_data(
+    rendered: list[Obj], prometheus: str, image_server: ImageServer
+) -> None:
+    (dashboard,) = dashboards(rendered).values()
+    queries = [Query(f"record {name}", name) for name in recording_rules(rendered)]
+    allowed: list[Query] = []
+    for title, query in panel_queries(dashboard):
+        (allowed if title in ALLOWED_EMPTY else queries).append(query)
+    assert set(ALLOWED_EMPTY) <= {t for t, _ in panel_queries(dashboard)}, (
+        "stale ALLOWED_EMPTY entry"
+    )
+
+    pending = {q.where: q for q in queries}
+    with Load(image_server.url) as load:
+        deadline = time.monotonic() + DEADLINE_S
+        while pending and time.monotonic() < deadline:
+            for where, query in list(pending.items()):
+                if _has_number(_query(prometheus, query.expr)):
+                    del pending[where]
+            if pending:
+                time.sleep(0.5)  # polling Prometheus for data that needs more scrapes
+    missing = {where: q.expr for where, q in pending.items()}
+    assert not missing, (
+        f"no data after {DEADLINE_S}s (load: {load.rounds} rounds, speech statuses {load.statuses}, "
+        f"job submissions {load.jobs}, errors {load.errors[:3]}): {missing}"
+    )
+    assert load.statuses.get(200), load.statuses
+    assert load.statuses.get(429), load.statuses
+    for query in allowed:
+        assert not _query(prometheus, query.expr), (
+            f"{query.where} now has data: take it off ALLOWED_EMPTY"
+        )
+    targets = _query(prometheus, "up")
+    assert {t["metric"]["job"] for t in targets if t["value"][1] == "1"} == {
+        "tts-server",
+        "tts-operator",
+    }
+
+
+def test_dashboard_panels_are_well_formed(rendered: list[Obj]) -> None:
+    (dashboard,) = dashboards(rendered).values()
+    ids = [p["id"] for p in _panels(dashboard)]
+    assert len(ids) == len(set(ids)), "duplicate panel ids"
+    assert dashboard["uid"] == "tts-operator"
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "namespace"}
+    for panel in _panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        assert panel["title"], panel
+        assert panel.get("description"), panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+    titles = " ".join(p["title"].lower() for p in _panels(dashboard))
+    for topic in (
+        "requests",
+        "latency",
+        "real-time factor",
+        "queue depth",
+        "batch size",
+        "gpu memory",
+        "cold start",
+        "cache",
+        "jobs by phase",
+    ):
+        assert topic in titles, f"no panel for {topic}"
