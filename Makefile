@@ -86,6 +86,18 @@ crds: ## copy crds/ into the chart
 docs: venv ## regenerate docs/crd-reference.md from crds/
 	$(BIN)/python scripts/gen_crd_reference.py
 
+.PHONY: chart-generate
+chart-generate: venv ## regenerate the chart's RBAC file and the images' package locks
+	$(BIN)/python -m tests.chart.generate
+
+.PHONY: chart-lint
+chart-lint: tools ## helm lint --strict
+	$(HELM) lint --strict charts/tts-operator
+
+.PHONY: chart-test
+chart-test: venv tools system-deps ## chart, rules, dashboard and image tests
+	$(BIN)/pytest tests/chart
+
 .PHONY: clean
 clean: ## remove the venv, tools and caches
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

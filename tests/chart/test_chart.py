@@ -348,12 +348,6 @@ def test_the_chart_packages_the_crds_that_docs_upgrade_applies(tmp_path: Path) -
     assert packed == source
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="helm show crds joins the CRD files without a separator, and crds/*.yaml do not "
-    "start with '---', so the stream merges both CRDs into one document; once each file "
-    "starts with '---', `helm show crds | kubectl apply -f -` works and this passes",
-)
 def test_helm_show_crds_is_a_stream_of_the_source_crds() -> None:
     proc = run_helm(["show", "crds", str(CHART)])
     assert proc.returncode == 0, proc.stderr
