@@ -87,7 +87,14 @@ def hub_env(s3: S3Server, hub: Hub, tmp_path: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in s3.env().items()
-        if k not in {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE"}
+        if k
+        not in {
+            "HF_TOKEN",
+            "HUGGING_FACE_HUB_TOKEN",
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+            "HF_HUB_CACHE",
+        }
     }
     (tmp_path / "tmp").mkdir()
     env.update(
