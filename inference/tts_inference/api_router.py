@@ -1,7 +1,9 @@
-"""The routes: health, readiness, metrics, and the OpenAI-compatible speech endpoint.
+"""The routes: health, readiness, metrics, OpenAI-compatible speech, voices and jobs.
 
 Thin: each route gets the service from app.state, calls it, and shapes the
 response. /healthz and /readyz read flags only; they never touch the model.
+Voice operations block (ffmpeg, the bucket, file locks) and run in a worker
+thread; jobs run as tasks of the JobManager.
 """
 
 from __future__ import annotations
@@ -9,15 +11,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, File, Form, Header, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tts_inference import audio
 from tts_inference.app import ServerState, error_response
-from tts_inference.protocol import ModelCard, ModelList, SpeechRequest
+from tts_inference.errors import BadRequest
+from tts_inference.jobs import JobManager
+from tts_inference.protocol import (
+    JobRequest,
+    JobStatus,
+    ModelCard,
+    ModelList,
+    SpeechRequest,
+    VoiceDeleted,
+    VoiceInfo,
+    VoiceList,
+)
 from tts_inference.serving import SpeechService, StreamStats, cancel_on_disconnect
+from tts_inference.voices import VoiceStore, check_name
 
 router = APIRouter()
 
@@ -32,6 +47,23 @@ def _service(request: Request) -> SpeechService:
     if service is None:  # the guard already answered 503 while loading
         raise RuntimeError("the speech service is not ready")
     return service
+
+
+def _voices(request: Request) -> VoiceStore:
+    return _service(request).voices
+
+
+def _jobs(request: Request) -> JobManager:
+    jobs = _state(request).jobs
+    if jobs is None:
+        raise RuntimeError("the job manager is not ready")
+    return jobs
+
+
+def _job_response(
+    status: JobStatus, code: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(status.model_dump(mode="json", by_alias=True), code, headers=headers)
 
 
 @router.get("/healthz")
@@ -64,7 +96,7 @@ async def models(request: Request) -> ModelList:
 @router.post("/v1/audio/speech", response_model=None)
 async def speech(body: SpeechRequest, request: Request) -> Response:
     service = _service(request)
-    chunks, fmt = service.prepare(body)
+    chunks, fmt = await service.prepare(body)
     started = time.monotonic()
     content_type = audio.CONTENT_TYPES[fmt]
     metrics = _state(request).metrics
@@ -94,6 +126,73 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     first_byte()
     service.record(fmt, len(wave) / service.engine.sample_rate, started)
     return Response(data, media_type=content_type)
+
+
+# --------------------------------------------------------------------------- voices
+
+
+@router.post("/v1/voices", status_code=201, response_model=None)
+async def create_voice(
+    request: Request,
+    name: Annotated[str, Form(description="The voice's name.")],
+    file: Annotated[UploadFile | None, File(description="The reference audio.")] = None,
+    audio_file: Annotated[
+        UploadFile | None, File(alias="audio", description="Same as file.")
+    ] = None,
+    text: Annotated[str, Form(description="The words spoken in the clip.")] = "",
+) -> JSONResponse:
+    upload = file or audio_file
+    if upload is None:
+        raise BadRequest("file: an audio file is required (multipart field 'file')", "file")
+    store = _voices(request)
+    check_name(name)
+    limit = store.limits.max_upload_bytes
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise BadRequest(f"the audio file is over the limit of {limit} bytes", "file", 413)
+    info = await asyncio.to_thread(store.create, name, data, text)
+    return JSONResponse(VoiceInfo(**info).model_dump(mode="json", by_alias=True), 201)
+
+
+@router.get("/v1/voices")
+async def list_voices(request: Request) -> VoiceList:
+    names = await asyncio.to_thread(_voices(request).names)
+    return VoiceList(data=[VoiceInfo(name=n, builtin=n == "default") for n in names])
+
+
+@router.get("/v1/voices/{name}", response_model=None)
+async def get_voice(name: str, request: Request) -> JSONResponse:
+    info = await asyncio.to_thread(_voices(request).info, name)
+    return JSONResponse(VoiceInfo(**info).model_dump(mode="json", by_alias=True))
+
+
+@router.delete("/v1/voices/{name}")
+async def delete_voice(name: str, request: Request) -> VoiceDeleted:
+    await asyncio.to_thread(_voices(request).delete, name)
+    return VoiceDeleted(name=name)
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@router.post("/v1/jobs", status_code=202, response_model=None)
+async def create_job(
+    body: JobRequest,
+    request: Request,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    status, created = await _jobs(request).submit(body, idempotency_key)
+    return _job_response(status, 202, None if created else {"Idempotent-Replayed": "true"})
+
+
+@router.get("/v1/jobs/{job_id}", response_model=None)
+async def get_job(job_id: str, request: Request) -> JSONResponse:
+    return _job_response(await _jobs(request).get(job_id), 200)
+
+
+@router.delete("/v1/jobs/{job_id}", response_model=None)
+async def cancel_job(job_id: str, request: Request) -> JSONResponse:
+    return _job_response(await _jobs(request).cancel(job_id), 200)
 
 
 def attach_router(app: FastAPI) -> None:

@@ -5,7 +5,9 @@ loads) and loads the model in the background exactly once: checkpoint, vocab
 and vocoder from the model folder with hub access off, then one warm-up
 synthesis through the same queue requests use. Only then does /readyz say 200.
 On SIGTERM the server drains: /readyz and new /v1 requests get 503 while the
-requests already running finish, then it exits.
+requests already running finish, then it exits. Jobs still queued or running
+then are interrupted: their records say so (``retryable``), and a POST with
+the same Idempotency-Key runs them again on any replica.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hmac
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -29,10 +32,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tts_inference import __version__
 from tts_inference.engine.base import Engine, SynthesisParams, SynthesisRequest
+from tts_inference.errors import ApiError
+from tts_inference.jobs import JobManager, JobSettings
 from tts_inference.metrics import ServerMetrics
+from tts_inference.objects import ObjectStore, S3Uri, bucket_client, parse_uri
 from tts_inference.protocol import error_payload
 from tts_inference.queue import BatchQueue, DeadlineExceeded, QueueFull
-from tts_inference.serving import BadRequest, Defaults, SpeechService, VoiceStore
+from tts_inference.serving import Defaults, SpeechService
+from tts_inference.voices import Transcriber, VoiceLimits, VoiceStore
 
 log = logging.getLogger("tts_inference.app")
 
@@ -41,6 +48,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Room for the multipart framing and the other fields of a voice upload.
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,37 @@ class ServerSettings:
     cfg_strength: float = 2.0
     api_key: str | None = None
     model_name: str = "f5-tts"
+    # Voices and jobs (the bucket)
+    voices_uri: str | None = None
+    jobs_uri: str | None = None
+    allowed_buckets: tuple[str, ...] = ()
+    asr_model_dir: Path | None = None
+    max_upload_bytes: int = 10 * 1000 * 1000
+    max_voice_seconds: float = 300.0
+    max_running_jobs: int = 2
+    max_pending_jobs: int = 256
+    max_job_chars: int = 2_000_000
+    s3_max_attempts: int = 8
+    upload_part_bytes: int = 8 * 1024 * 1024
+    upload_attempts: int = 3
+    retry_backoff: float = 1.0
+    job_heartbeat_seconds: float = 10.0
+
+    def records_uri(self) -> S3Uri | None:
+        """Where job records live: --jobs-uri, else jobs/ beside the voices prefix."""
+        if self.jobs_uri:
+            return parse_uri(self.jobs_uri, "--jobs-uri")
+        if not self.voices_uri:
+            return None
+        voices = parse_uri(self.voices_uri, "--voices-uri")
+        parent = voices.prefix.rstrip("/").rpartition("/")[0]
+        return S3Uri(voices.bucket, f"{parent}/jobs/" if parent else "jobs/")
+
+    def buckets(self) -> tuple[str, ...]:
+        """Buckets jobs may read text from and write output to (the voices bucket by default)."""
+        if self.allowed_buckets:
+            return self.allowed_buckets
+        return (parse_uri(self.voices_uri, "--voices-uri").bucket,) if self.voices_uri else ()
 
 
 @dataclass
@@ -70,6 +111,7 @@ class ServerState:
     engine: Engine | None = None
     queue: BatchQueue | None = None
     service: SpeechService | None = None
+    jobs: JobManager | None = None
     ready: bool = False
     draining: bool = False
     failed: str | None = None
@@ -101,6 +143,17 @@ def default_engine(settings: ServerSettings) -> Engine:
     )
 
 
+def default_transcriber(settings: ServerSettings) -> Transcriber | None:
+    """Whisper from the cache when one is there (loaded on first use), else None: no ASR."""
+    from tts_inference.engine.asr import WhisperTranscriber, find_asr_model
+
+    folder = find_asr_model(settings.cache_dir, settings.asr_model_dir)
+    if folder is None:
+        return None
+    log.info("ASR model for voice uploads without text: %s (loaded on first use)", folder)
+    return WhisperTranscriber(folder, settings.device)
+
+
 def error_response(
     status: int, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -124,8 +177,18 @@ async def _send_json(
     await send({"type": "http.response.body", "body": data})
 
 
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over the limit of {limit} bytes")
+
+
 class Guard:
-    """Pure ASGI middleware for /v1 routes: drain, API key, body size, in-flight count, metrics."""
+    """Pure ASGI middleware for /v1 routes: drain, API key, body size, in-flight count, metrics.
+
+    The body limit is checked on Content-Length and again on the bytes actually
+    received (a chunked upload has no length). Voice uploads get their own,
+    larger limit.
+    """
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
@@ -170,21 +233,32 @@ class Guard:
                         send, 503, error_payload(why, type_="server_error"), {"Retry-After": "5"}
                     )
                     return
+                limit = settings.max_body_bytes
+                if path == "/v1/voices" and scope.get("method") == "POST":
+                    limit = settings.max_upload_bytes + UPLOAD_OVERHEAD_BYTES
                 length = headers.get("content-length")
-                if length and length.isdigit() and int(length) > settings.max_body_bytes:
+                if length and length.isdigit() and int(length) > limit:
                     status_box[0] = 413
                     await _send_json(
                         send,
                         413,
-                        error_payload(
-                            f"request body is {length} bytes; the limit is {settings.max_body_bytes}"
-                        ),
+                        error_payload(f"request body is {length} bytes; the limit is {limit}"),
                     )
                     return
+                received = [0]
+
+                async def receive_limited() -> Message:
+                    message = await receive()
+                    if message["type"] == "http.request":
+                        received[0] += len(message.get("body", b""))
+                        if received[0] > limit:
+                            raise BodyTooLarge(limit)
+                    return message
+
                 state.inflight += 1
                 state.idle.clear()
                 try:
-                    await self.app(scope, receive, send_wrapper)
+                    await self.app(scope, receive_limited, send_wrapper)
                 finally:
                     state.inflight -= 1
                     if state.inflight == 0:
@@ -201,7 +275,41 @@ class Guard:
                 state.metrics.request_seconds.labels(label).observe(time.monotonic() - started)
 
 
-async def _load(state: ServerState, engine_factory: Callable[[ServerSettings], Engine]) -> None:
+def _voices_and_objects(
+    settings: ServerSettings,
+    metrics: ServerMetrics,
+    transcriber: Transcriber | None,
+    scratch: Path,
+) -> tuple[VoiceStore, ObjectStore | None]:
+    remote = parse_uri(settings.voices_uri, "--voices-uri") if settings.voices_uri else None
+    objects = None
+    if remote is not None or settings.buckets():
+        attempts = settings.s3_max_attempts
+        objects = ObjectStore(
+            lambda: bucket_client(attempts),
+            part_bytes=settings.upload_part_bytes,
+            on_upload=lambda what, n: metrics.upload_bytes.labels(what).inc(n),
+        )
+    cache = settings.cache_dir or (scratch if remote is not None else None)
+    voices = VoiceStore(
+        cache / "voices" if cache else None,
+        remote=remote,
+        objects=objects,
+        metrics=metrics,
+        transcriber=transcriber,
+        limits=VoiceLimits(
+            max_upload_bytes=settings.max_upload_bytes, max_seconds=settings.max_voice_seconds
+        ),
+    )
+    return voices, objects
+
+
+async def _load(
+    state: ServerState,
+    engine_factory: Callable[[ServerSettings], Engine],
+    transcriber_factory: Callable[[ServerSettings], Transcriber | None],
+    scratch: Path,
+) -> None:
     settings, metrics = state.settings, state.metrics
     try:
         started = time.monotonic()
@@ -222,7 +330,8 @@ async def _load(state: ServerState, engine_factory: Callable[[ServerSettings], E
         )
         queue.start()
         state.queue = queue
-        voices = VoiceStore(settings.cache_dir / "voices" if settings.cache_dir else None)
+        transcriber = await asyncio.to_thread(transcriber_factory, settings)
+        voices, objects = _voices_and_objects(settings, metrics, transcriber, scratch)
         defaults = Defaults(
             settings.nfe_step,
             settings.cfg_strength,
@@ -230,6 +339,23 @@ async def _load(state: ServerState, engine_factory: Callable[[ServerSettings], E
             settings.request_timeout,
         )
         state.service = SpeechService(engine, queue, voices, metrics, defaults)
+        state.jobs = JobManager(
+            state.service,
+            objects,
+            JobSettings(
+                allowed_buckets=settings.buckets(),
+                records=settings.records_uri(),
+                max_running=settings.max_running_jobs,
+                max_pending=settings.max_pending_jobs,
+                max_text_chars=settings.max_job_chars,
+                window=max(1, min(2 * settings.max_batch, settings.max_queue // 2)),
+                upload_attempts=settings.upload_attempts,
+                retry_backoff=settings.retry_backoff,
+                heartbeat_seconds=settings.job_heartbeat_seconds,
+                stale_after=6 * settings.job_heartbeat_seconds,
+            ),
+            metrics,
+        )
         started = time.monotonic()
         warm = SynthesisRequest(
             "Warming up the model.", voices.get("default"), SynthesisParams(nfe_step=2, seed=0)
@@ -262,6 +388,7 @@ def build_app(
     engine_factory: Callable[[ServerSettings], Engine] = default_engine,
     *,
     on_failure: Callable[[str], None] | None = None,
+    transcriber_factory: Callable[[ServerSettings], Transcriber | None] = default_transcriber,
 ) -> FastAPI:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -270,7 +397,12 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.loader = asyncio.create_task(_load(state, engine_factory), name="model-loader")
+        # Voices fetched without a cache volume live in a scratch folder for this run.
+        scratch = tempfile.TemporaryDirectory(prefix="tts-scratch-")
+        state.loader = asyncio.create_task(
+            _load(state, engine_factory, transcriber_factory, Path(scratch.name)),
+            name="model-loader",
+        )
         try:
             yield
         finally:
@@ -279,10 +411,13 @@ def build_app(
             state.loader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await state.loader
+            if state.jobs is not None:
+                await state.jobs.close()
             if state.queue is not None:
                 await state.queue.stop()
             if state.engine is not None:
                 await asyncio.to_thread(state.engine.unload)
+            scratch.cleanup()
 
     app = FastAPI(title="tts-inference", version=__version__, lifespan=lifespan)
     app.state.tts = state
@@ -300,9 +435,10 @@ def build_app(
         message = first.get("msg", "invalid request")
         return error_response(400, f"{param}: {message}" if param else message, param=param)
 
-    @app.exception_handler(BadRequest)
-    async def on_bad_request(request: Request, exc: BadRequest) -> JSONResponse:
-        return error_response(exc.status, str(exc), param=exc.param)
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"Retry-After": "5"} if exc.status in (429, 503) else None
+        return error_response(exc.status, str(exc), param=exc.param, headers=headers)
 
     @app.exception_handler(QueueFull)
     async def on_queue_full(request: Request, exc: QueueFull) -> JSONResponse:

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+JOB_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+JOB_STATES = ("queued", "running", "succeeded", "failed")
 
 
 class ServerMetrics:
@@ -95,6 +97,43 @@ class ServerMetrics:
             "tts_gpu_memory_bytes", "GPU memory allocated by the model process.", registry=r
         )
         self.info = Info("tts_build", "Version, model, device and dtype.", registry=r)
+        self.jobs = Gauge(
+            "tts_jobs",
+            "Jobs this process holds, by state (finished ones are kept for a while).",
+            ["state"],
+            registry=r,
+        )
+        for state in JOB_STATES:
+            self.jobs.labels(state)
+        self.jobs_finished = Counter(
+            "tts_jobs_finished",
+            "Jobs that ended, by outcome (succeeded, failed, cancelled).",
+            ["outcome"],
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "tts_job_duration_seconds",
+            "Time a job ran, from start to its outcome.",
+            ["outcome"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.voice_cache_hits = Counter(
+            "tts_voice_cache_hits",
+            "Voices found in memory or in the cache volume.",
+            registry=r,
+        )
+        self.voice_cache_misses = Counter(
+            "tts_voice_cache_misses",
+            "Voices that had to be fetched from the bucket.",
+            registry=r,
+        )
+        self.upload_bytes = Counter(
+            "tts_upload_bytes",
+            "Bytes written to the bucket, by what (job_output, record, voice).",
+            ["what"],
+            registry=r,
+        )
 
     def track_gpu_memory(self, read: Callable[[], float]) -> None:
         self.gpu_memory.set_function(read)

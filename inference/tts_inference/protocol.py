@@ -5,13 +5,18 @@ fields (model, input, voice, response_format, speed, instructions,
 stream_format) are accepted as it sends them. Extensions (seed, nfe_step,
 cfg_strength) are optional. Fields OpenAI added that this server does not use
 are accepted and logged, never an error.
+
+`/v1/voices` and `/v1/jobs` are this project's own: their JSON is camelCase
+(as the CRDs), and a job request with an unknown field is refused, so a typo
+never silently changes what runs.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 RESPONSE_FORMATS: tuple[str, ...] = ("mp3", "opus", "aac", "flac", "wav", "pcm")
@@ -83,3 +88,124 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# --------------------------------------------------------------------------- voices
+
+
+class VoiceInfo(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    object: Literal["voice"] = "voice"
+    name: str
+    text: str = ""
+    seconds: float | None = None
+    sample_rate: int | None = None
+    sha256: str | None = None
+    created_at: str | None = None
+    builtin: bool = False
+
+
+class VoiceList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VoiceInfo]
+
+
+class VoiceDeleted(BaseModel):
+    object: Literal["voice.deleted"] = "voice.deleted"
+    name: str
+    deleted: bool = True
+
+
+# --------------------------------------------------------------------------- jobs
+
+JobFormat = Literal["wav", "flac", "mp3", "opus"]
+JOB_FORMATS: tuple[str, ...] = ("wav", "flac", "mp3", "opus")
+JobState = Literal["queued", "running", "succeeded", "failed"]
+TERMINAL_STATES: tuple[str, ...] = ("succeeded", "failed")
+
+
+class _JobModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class JobOutput(_JobModel):
+    uri: str = Field(
+        min_length=6,
+        max_length=1024,
+        description="s3://bucket/key, or s3://bucket/prefix/ to write <prefix><job-id>.<format>.",
+    )
+    format: JobFormat | None = Field(
+        default=None, description="wav, flac, mp3 or opus; default: the key's extension, else wav."
+    )
+
+
+class JobParams(_JobModel):
+    speed: float = Field(default=1.0, ge=MIN_SPEED, le=MAX_SPEED)
+    nfe_step: int | None = Field(default=None, ge=1, le=64)
+    cfg_strength: float | None = Field(default=None, ge=0.0, le=10.0)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+
+class JobRequest(_JobModel):
+    text: str | None = Field(default=None, description="The text to speak (or textUri).")
+    text_uri: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="s3://bucket/key of UTF-8 text in an allowed bucket.",
+    )
+    voice: str = Field(default="default", min_length=1, max_length=64)
+    output: JobOutput
+    params: JobParams = Field(default_factory=lambda: JobParams())
+
+    @model_validator(mode="after")
+    def _one_text(self) -> JobRequest:
+        if (self.text is None) == (self.text_uri is None):
+            raise ValueError("give exactly one of text and textUri")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text is empty: give the text to speak")
+        return self
+
+
+class JobTimings(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    queued_seconds: float | None = None
+    fetch_seconds: float | None = None
+    synthesis_seconds: float | None = None
+    encode_seconds: float | None = None
+    upload_seconds: float | None = None
+    total_seconds: float | None = None
+
+
+class JobStatus(BaseModel):
+    """A job as GET /v1/jobs/{id} reports it; also the record kept in the bucket."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    object: Literal["job"] = "job"
+    id: str
+    state: JobState
+    idempotency_key: str | None = None
+    voice: str | None = None
+    format: str | None = None
+    output_uri: str | None = None
+    audio_seconds: float | None = None
+    rtf: float | None = Field(default=None, description="Job wall seconds per second of audio.")
+    progress: float = 0.0
+    chunks_done: int = 0
+    chunks_total: int = 0
+    timings: JobTimings = Field(default_factory=JobTimings)
+    error: str | None = None
+    cancelled: bool = False
+    retryable: bool = Field(
+        default=False,
+        description="True when the job was interrupted: POST it again with the same key.",
+    )
+    attempts: int = 1
+    created_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    updated_at: str | None = None
+    owner: str | None = Field(default=None, description="The server process that runs the job.")
+    fingerprint: str | None = Field(default=None, description="sha256 of the request.")

@@ -23,6 +23,10 @@ from tts_inference.app import ServerSettings, ServerState, build_app
 log = logging.getLogger("tts_inference.serve")
 
 API_KEY_ENV = "TTS_API_KEY"
+VOICES_URI_ENV = "TTS_VOICES_URI"
+JOBS_URI_ENV = "TTS_JOBS_URI"
+ALLOWED_BUCKETS_ENV = "TTS_ALLOWED_BUCKETS"
+ASR_MODEL_DIR_ENV = "TTS_ASR_MODEL_DIR"
 
 
 class DrainingServer(uvicorn.Server):
@@ -118,6 +122,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    bucket = parser.add_argument_group(
+        "voices and jobs",
+        "The bucket comes from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.",
+    )
+    bucket.add_argument(
+        "--voices-uri",
+        default=os.environ.get(VOICES_URI_ENV) or None,
+        help=f"s3://bucket/voices/: where registered voices persist (env {VOICES_URI_ENV})",
+    )
+    bucket.add_argument(
+        "--jobs-uri",
+        default=os.environ.get(JOBS_URI_ENV) or None,
+        help="s3://bucket/jobs/: job records, found by id after a restart "
+        f"(default: jobs/ beside --voices-uri; env {JOBS_URI_ENV})",
+    )
+    bucket.add_argument(
+        "--allowed-buckets",
+        default=os.environ.get(ALLOWED_BUCKETS_ENV, ""),
+        help="comma-separated buckets a job may read textUri from and write output to "
+        f"(default: the --voices-uri bucket; env {ALLOWED_BUCKETS_ENV})",
+    )
+    bucket.add_argument(
+        "--asr-model-dir",
+        type=Path,
+        default=os.environ.get(ASR_MODEL_DIR_ENV) or None,
+        help="a Whisper model folder for voice uploads without text (default: a "
+        f"models/*whisper*/ folder in --cache-dir, if any; env {ASR_MODEL_DIR_ENV})",
+    )
+    bucket.add_argument(
+        "--max-running-jobs", type=int, default=2, help="jobs synthesizing at once (default 2)"
+    )
+    bucket.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=10.0,
+        help="largest voice upload in MB (default 10)",
+    )
 
 
 def _model_name(model_dir: Path) -> str:
@@ -138,6 +179,19 @@ def run(args: argparse.Namespace) -> int:
         print(
             "error: --max-batch must be 1..256, --max-queue >= 1, --nfe-step 1..64", file=sys.stderr
         )
+        return 2
+    from tts_inference.objects import parse_uri
+
+    allowed = tuple(b.strip() for b in args.allowed_buckets.split(",") if b.strip())
+    try:
+        for uri, flag in ((args.voices_uri, "--voices-uri"), (args.jobs_uri, "--jobs-uri")):
+            if uri:
+                parse_uri(uri, flag)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.max_running_jobs < 1:
+        print("error: --max-running-jobs must be >= 1", file=sys.stderr)
         return 2
     if not (args.model_dir / "model.yaml").exists():
         print(
@@ -170,6 +224,12 @@ def run(args: argparse.Namespace) -> int:
         cfg_strength=args.cfg_strength,
         api_key=os.environ.get(API_KEY_ENV) or None,
         model_name=args.model_name or _model_name(args.model_dir),
+        voices_uri=args.voices_uri,
+        jobs_uri=args.jobs_uri,
+        allowed_buckets=allowed,
+        asr_model_dir=args.asr_model_dir,
+        max_running_jobs=args.max_running_jobs,
+        max_upload_bytes=int(args.max_upload_mb * 1000 * 1000),
     )
     holder: list[DrainingServer] = []
     app = build_app(

@@ -14,29 +14,30 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from tts_inference import audio
-from tts_inference.engine.base import Audio, Engine, SynthesisParams, SynthesisRequest, Voice
+from tts_inference.engine.base import Audio, Engine, SynthesisParams, SynthesisRequest
+from tts_inference.errors import BadRequest
 from tts_inference.metrics import ServerMetrics
 from tts_inference.protocol import SpeechRequest
 from tts_inference.queue import LIVE, BatchQueue
+from tts_inference.voices import VoiceStore
+
+__all__ = [
+    "BadRequest",
+    "Defaults",
+    "SpeechService",
+    "StreamJoiner",
+    "StreamStats",
+    "VoiceStore",
+    "cancel_on_disconnect",
+]
 
 log = logging.getLogger("tts_inference.serving")
 
-PACKAGE_VOICES = Path(__file__).parent / "voices"
 CROSS_FADE_SECONDS = 0.15
-
-
-class BadRequest(ValueError):
-    """Input the caller can fix; the message says what and where."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.param = param
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -45,47 +46,6 @@ class Defaults:
     cfg_strength: float = 2.0
     max_input_chars: int = 4096
     request_timeout: float = 300.0
-
-
-class VoiceStore:
-    """Voices by name: the packaged `default`, and folders under the cache's voices/.
-
-    A voice folder holds ``ref.wav`` (24 kHz mono) and ``ref.txt``. Loaded voices
-    are kept in memory; the registry API (upload, delete) builds on this.
-    """
-
-    def __init__(self, voices_dir: Path | None) -> None:
-        self.voices_dir = voices_dir
-        self._cache: dict[str, Voice] = {}
-
-    def names(self) -> list[str]:
-        names = {"default"}
-        if self.voices_dir and self.voices_dir.is_dir():
-            names |= {p.name for p in self.voices_dir.iterdir() if (p / "ref.wav").exists()}
-        return sorted(names)
-
-    def get(self, name: str) -> Voice:
-        if name in self._cache:
-            return self._cache[name]
-        if name == "default":
-            wav, txt = PACKAGE_VOICES / "default.wav", PACKAGE_VOICES / "default.txt"
-        elif self.voices_dir is not None and _safe_name(name):
-            wav, txt = self.voices_dir / name / "ref.wav", self.voices_dir / name / "ref.txt"
-        else:
-            wav = txt = Path("/nonexistent")
-        if not wav.exists():
-            raise BadRequest(
-                f"unknown voice {name!r}; available: {', '.join(self.names())}",
-                param="voice",
-                status=404,
-            )
-        voice = Voice(name, audio.decode(wav.read_bytes()), txt.read_text().strip())
-        self._cache[name] = voice
-        return voice
-
-
-def _safe_name(name: str) -> bool:
-    return 0 < len(name) <= 64 and name.replace("-", "").replace("_", "").isalnum()
 
 
 class StreamJoiner:
@@ -144,8 +104,12 @@ class SpeechService:
         self.metrics = metrics
         self.defaults = defaults
 
-    def prepare(self, req: SpeechRequest) -> tuple[list[SynthesisRequest], str]:
-        """Validate and split; raises BadRequest. Returns the chunk requests and the format."""
+    async def prepare(self, req: SpeechRequest) -> tuple[list[SynthesisRequest], str]:
+        """Validate and split; raises BadRequest. Returns the chunk requests and the format.
+
+        The voice comes from memory when it can, else from the cache volume or the
+        bucket in a worker thread, so a voice fetch never stalls the event loop.
+        """
         text = req.input.strip()
         if not text:
             raise BadRequest("input is empty: give the text to speak", param="input")
@@ -155,7 +119,9 @@ class SpeechService:
                 "(use the jobs API for long texts)",
                 param="input",
             )
-        voice = self.voices.get(req.voice)
+        voice = self.voices.cached(req.voice)
+        if voice is None:
+            voice = await asyncio.to_thread(self.voices.get, req.voice)
         params = SynthesisParams(
             speed=req.speed,
             nfe_step=req.nfe_step or self.defaults.nfe_step,

@@ -224,7 +224,7 @@ def test_server_body_maps_the_spec() -> None:
         "output": {"uri": "s3://b/out/x.wav", "format": "wav"},
         "text": "Hello.",
         "voice": "narrator",
-        "params": {"nfe_step": 16, "seed": 3, "speed": 1.2},
+        "params": {"nfeStep": 16, "seed": 3, "speed": 1.2},
     }
     from_uri = server_body(
         {**_ttsjob(), "spec": {**_ttsjob()["spec"], "textFrom": "s3://b/t.txt", "text": None}}
