@@ -1,0 +1,166 @@
+"""TTSJobs on an endpoint backed by a real `tts-inference serve` (tiny model) and a real S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+
+os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
+
+from tests.inference.test_server import Server, start_server, stop, tiny_model  # noqa: E402
+from tests.operator.conftest import NAMESPACE, RunOperator, WaitFor  # noqa: E402
+from tests.support.kube_emulator import ApiServer  # noqa: E402
+from tests.support.s3 import S3Server  # noqa: E402
+from tts_inference import audio  # noqa: E402
+from tts_operator import config  # noqa: E402
+from tts_operator import main as operator_main  # noqa: E402  (registers the handlers)
+
+__all__ = ["operator_main", "tiny_model"]
+pytestmark = pytest.mark.slow
+
+BUCKET = "tts-operator-jobs"
+SUMMARY = {"event": "sync-complete", "digest": "ab" * 32, "bytesDownloaded": 1, "seconds": 0.1}
+
+
+@pytest.fixture(scope="module")
+def server(
+    tiny_model: Path, s3: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    s3.client(direct=True).create_bucket(Bucket=BUCKET)
+    tmp = tmp_path_factory.mktemp("endpoint")
+    srv = start_server(
+        tiny_model,
+        tmp / "serve.log",
+        "--nfe-step",
+        "2",
+        "--cache-dir",
+        str(tmp / "cache"),
+        "--voices-uri",
+        f"s3://{BUCKET}/voices/",
+        "--allowed-buckets",
+        BUCKET,
+        env=s3.env(),
+    )
+    yield srv
+    stop(srv)
+
+
+def _ready_endpoint(api: ApiServer, run_operator: RunOperator, wait_for: WaitFor, url: str) -> Any:
+    settings = config.Settings(namespaces=(NAMESPACE,), endpoint_url_template=url)
+    runner = run_operator(memo=kopf.Memo(settings=settings))
+    api.create(
+        "secrets",
+        NAMESPACE,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "bucket"},
+            "stringData": {"AWS_REGION": "us-east-1"},
+        },
+    )
+    api.create(
+        "ttsendpoints",
+        NAMESPACE,
+        {
+            "apiVersion": "tts.f5tts.dev/v1alpha1",
+            "kind": "TTSEndpoint",
+            "metadata": {"name": "tiny"},
+            "spec": {
+                "model": {"name": "tiny", "source": f"s3://{BUCKET}/models/tiny/v1/"},
+                "storage": {"credentialsSecret": {"name": "bucket"}},
+                "resources": {"gpus": 0},
+            },
+        },
+    )
+    job = wait_for(lambda: api.objects("jobs", NAMESPACE) or None)[0]
+    api.complete_job(NAMESPACE, job["metadata"]["name"], termination_message=json.dumps(SUMMARY))
+    wait_for(
+        lambda: (api.get("deployments", NAMESPACE, "tiny") or {}).get("spec", {}).get("replicas")
+        == 1
+    )
+    api.mark_deployment_available(NAMESPACE, "tiny")
+    wait_for(
+        lambda: ((api.get("ttsendpoints", NAMESPACE, "tiny") or {}).get("status") or {}).get(
+            "phase"
+        )
+        == "Ready"
+    )
+    return runner
+
+
+def _ttsjob(name: str, **spec: Any) -> dict[str, Any]:
+    base = {
+        "endpointRef": {"name": "tiny"},
+        "text": "Hello from a TTSJob.",
+        "output": {"uri": f"s3://{BUCKET}/outputs/{name}.wav", "format": "wav"},
+    }
+    return {
+        "apiVersion": "tts.f5tts.dev/v1alpha1",
+        "kind": "TTSJob",
+        "metadata": {"name": name},
+        "spec": {**base, **spec},
+    }
+
+
+def _finished(api: ApiServer, name: str) -> Any:
+    status = (api.get("ttsjobs", NAMESPACE, name) or {}).get("status") or {}
+    return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+
+def test_job_succeeds_and_its_audio_is_in_the_bucket(
+    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor, server: Server, s3: S3Server
+) -> None:
+    _ready_endpoint(api, run_operator, wait_for, server.url)
+    api.create("ttsjobs", NAMESPACE, _ttsjob("hello"))
+    status = wait_for(
+        lambda: _finished(api, "hello"), timeout=120, message="the job never finished"
+    )
+    assert status["phase"] == "Succeeded", status
+    assert status["outputUri"] == f"s3://{BUCKET}/outputs/hello.wav"
+    assert status["audioSeconds"] > 0.3
+    data = s3.client(direct=True).get_object(Bucket=BUCKET, Key="outputs/hello.wav")["Body"].read()
+    assert len(audio.decode(data)) / 24000 == pytest.approx(status["audioSeconds"], rel=0.05)
+    conds = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conds["Complete"] == "True"
+    assert conds["Failed"] == "False"
+
+
+def test_failing_job_reports_the_servers_reason(
+    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor, server: Server
+) -> None:
+    _ready_endpoint(api, run_operator, wait_for, server.url)
+    api.create("ttsjobs", NAMESPACE, _ttsjob("nobody", voice={"name": "nobody"}, backoffLimit=0))
+    status = wait_for(
+        lambda: _finished(api, "nobody"), timeout=120, message="the job never finished"
+    )
+    assert status["phase"] == "Failed"
+    assert "nobody" in status["message"]
+
+
+def test_operator_restart_while_the_job_runs_submits_it_once(
+    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor, server: Server, s3: S3Server
+) -> None:
+    runner = _ready_endpoint(api, run_operator, wait_for, server.url)
+    text = " ".join(f"Sentence {i} keeps the endpoint busy for a little while." for i in range(12))
+    api.create("ttsjobs", NAMESPACE, _ttsjob("long", text=text))
+
+    def submitted() -> Any:
+        status = (api.get("ttsjobs", NAMESPACE, "long") or {}).get("status") or {}
+        return status.get("serverJobId")
+
+    server_id = wait_for(submitted, timeout=60, message="never submitted")
+    runner.restart()
+    status = wait_for(lambda: _finished(api, "long"), timeout=300, message="the job never finished")
+    assert status["phase"] == "Succeeded", status
+    assert status["serverJobId"] == server_id
+    assert status["attempts"] == 1
+    records = (
+        s3.client(direct=True).list_objects_v2(Bucket=BUCKET, Prefix="jobs/").get("Contents", [])
+    )
+    assert len([r for r in records if r["Key"].endswith(f"{server_id}.json")]) == 1
