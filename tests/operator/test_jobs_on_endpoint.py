@@ -13,13 +13,13 @@ import pytest
 
 os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
 
-from tests.inference.test_server import Server, start_server, stop, tiny_model  # noqa: E402
-from tests.operator.conftest import NAMESPACE, RunOperator, WaitFor  # noqa: E402
-from tests.support.kube_emulator import ApiServer  # noqa: E402
-from tests.support.s3 import S3Server  # noqa: E402
-from tts_inference import audio  # noqa: E402
-from tts_operator import config  # noqa: E402
-from tts_operator import main as operator_main  # noqa: E402  (registers the handlers)
+from tests.inference.test_server import Server, start_server, stop, tiny_model
+from tests.operator.conftest import NAMESPACE, RunOperator, WaitFor
+from tests.support.kube_emulator import ApiServer
+from tests.support.s3 import S3Server
+from tts_inference import audio
+from tts_operator import config
+from tts_operator import main as operator_main
 
 __all__ = ["operator_main", "tiny_model"]
 pytestmark = pytest.mark.slow
