@@ -121,13 +121,10 @@ def server_body(job: Obj) -> dict[str, Any]:
     else:
         body["voice"] = voice.get("name", "default")
     params = spec.get("params", {})
-    mapping = {
-        "speed": "speed",
-        "nfeStep": "nfe_step",
-        "cfgStrength": "cfg_strength",
-        "seed": "seed",
+    # The job API speaks the CRD's camelCase names.
+    body["params"] = {
+        k: v for k, v in params.items() if k in ("speed", "nfeStep", "cfgStrength", "seed")
     }
-    body["params"] = {mapping[k]: v for k, v in params.items() if k in mapping}
     return body
 
 
