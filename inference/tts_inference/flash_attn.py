@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import fcntl
 import hashlib
 import json
 import os
@@ -27,12 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tts_inference.cache.store import CacheError
+from tts_inference.cache.sync import file_lock, write_atomic
 
 __all__ = [
     "Abi",
@@ -309,32 +308,6 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, what: str) -> Iterator[None]:
-    """An exclusive inter-process lock (flock) that says when it has to wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting: another process is installing {what}", flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -442,7 +415,12 @@ def install(source: str, cache_dir: Path, abi: Abi, python: str, sha256: str | N
     if _marker_matches(read_marker(final), wheel, sha256):
         return False
     check_wheel_fits(wheel, abi)
-    with file_lock(cache_dir / ".locks" / f"flash-attn-{abi.folder}.lock", f"flash_attn {abi.tag}"):
+    with file_lock(
+        cache_dir / ".locks" / f"flash-attn-{abi.folder}.lock",
+        f"flash_attn {abi.tag}",
+        sys.stdout,
+        doing="installing",
+    ):
         marker = read_marker(final)
         if _marker_matches(marker, wheel, sha256):
             print(f"another process installed {wheel} while this one waited", flush=True)

@@ -176,7 +176,7 @@ class Progress:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, what: str, out: TextIO) -> Iterator[None]:
+def file_lock(path: Path, what: str, out: TextIO, doing: str = "syncing") -> Iterator[None]:
     """An exclusive inter-process lock (flock) that says when it has to wait."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -184,7 +184,7 @@ def file_lock(path: Path, what: str, out: TextIO) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting: another process is syncing {what}", file=out, flush=True)
+            print(f"waiting: another process is {doing} {what}", file=out, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
