@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tts_inference.cache.store import CacheError
-from tts_inference.cache.sync import file_lock, write_atomic
+from tts_inference.cache.sync import file_lock, sha256_file, write_atomic
 
 __all__ = [
     "Abi",
@@ -308,14 +307,6 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch_wheel(source: str, dest: Path) -> None:
     """Copy the wheel at ``source`` (s3://bucket/key or a local path) to ``dest``."""
     if source.startswith("s3://"):
@@ -446,7 +437,7 @@ def _install_into(
     started = time.monotonic()
     print(f"fetching {source}", flush=True)
     fetch_wheel(source, local)
-    digest = sha256_of(local)
+    digest = sha256_file(local)
     print(
         f"fetched {wheel}: {local.stat().st_size} bytes, sha256 {digest} in {time.monotonic() - started:.1f}s",
         flush=True,

@@ -78,6 +78,15 @@ def flash_attn_command(wheel: str, sha256: str | None) -> list[str]:
     return cmd
 
 
+def flash_attn_init(spec: Obj, config: BuildConfig, secret: str) -> list[Obj]:
+    """The install-flash-attn init container, when the spec enables flash_attn."""
+    flash = spec.get("flashAttn", {})
+    if not flash.get("enabled"):
+        return []
+    command = flash_attn_command(flash["wheel"], flash.get("sha256"))
+    return [_container("install-flash-attn", command, spec, config, secret)]
+
+
 def _image(spec: Obj, config: BuildConfig) -> tuple[str, str]:
     return str(spec.get("image") or config.image), str(
         spec.get("imagePullPolicy") or config.image_pull_policy
@@ -209,18 +218,7 @@ def cache_job(endpoint: Obj, config: BuildConfig, *, secret_version: str = "") -
     """
     spec = endpoint["spec"]
     secret = spec["storage"]["credentialsSecret"]["name"]
-    flash = spec.get("flashAttn", {})
-    init = []
-    if flash.get("enabled"):
-        init.append(
-            _container(
-                "install-flash-attn",
-                flash_attn_command(flash["wheel"], flash.get("sha256")),
-                spec,
-                config,
-                secret,
-            )
-        )
+    init = flash_attn_init(spec, config, secret)
     sync = _container(
         "sync",
         [
@@ -299,21 +297,10 @@ def deployment(endpoint: Obj, config: BuildConfig, *, cache_ready: bool) -> Obj:
     """
     spec = endpoint["spec"]
     secret = spec["storage"]["credentialsSecret"]["name"]
-    flash = spec.get("flashAttn", {})
     replicas = int(spec.get("replicas", 1)) if cache_ready else 0
     digest = spec_hash(spec, _image(spec, config))
     selector = server_selector(endpoint)
-    init = []
-    if flash.get("enabled"):
-        init.append(
-            _container(
-                "install-flash-attn",
-                flash_attn_command(flash["wheel"], flash.get("sha256")),
-                spec,
-                config,
-                secret,
-            )
-        )
+    init = flash_attn_init(spec, config, secret)
     init.append(_container("sync", sync_command(spec["model"]["source"]), spec, config, secret))
     env_extra: list[Obj] = []
     if spec.get("apiKeySecret"):
