@@ -205,7 +205,7 @@ def main() -> int:
             for name, cmd in runs.items():
                 dest.mkdir(parents=True, exist_ok=True)
                 elapsed, _ = timed(cmd, env)
-                results[name].append(elapsed)
+                results.setdefault(name, []).append(elapsed)
                 print(
                     f"run {i + 1} {name}: {elapsed:.2f}s ({total / MIB / elapsed:.0f} MiB/s)",
                     flush=True,
@@ -275,6 +275,7 @@ def main() -> int:
         print(f"  {name:22s} {med[name]:7.2f}s  {mibs[name]:7.0f} MiB/s")
     print(
         f"  ratio vs boto3: {report['ratio_vs_boto3']:.2f}x   ratio vs s5cmd: {report['ratio_vs_s5cmd']:.2f}x"
+        f"   ratio vs s5cmd + sync -f: {report['ratio_vs_s5cmd_durable']:.2f}x"
     )
     warm = report["warm"]
     print(
