@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tts_inference.cache.store import CacheError
-from tts_inference.cache.sync import file_lock, sha256_file, write_atomic
+from tts_inference.cache.sync import file_lock, sha256_file, write_atomic, write_termination_log
 
 __all__ = [
     "Abi",
@@ -513,9 +513,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     line = json.dumps(summary)
     print(line, flush=True)
-    if args.termination_log:
-        with contextlib.suppress(OSError):
-            args.termination_log.write_text(line)
+    write_termination_log(args.termination_log, line)
 
 
 def run(args: argparse.Namespace) -> int:

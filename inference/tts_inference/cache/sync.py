@@ -666,6 +666,13 @@ def _download(
     return len(jobs), progress.fetched, reused
 
 
+def write_termination_log(path: Path | None, line: str) -> None:
+    """Leave ``line`` where Kubernetes reads a container's termination message (best effort)."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.write_text(line)
+
+
 def link_atomic(link: Path, target: Path) -> None:
     """Point ``link`` at ``target``, replacing any old link in one rename."""
     link.parent.mkdir(parents=True, exist_ok=True)
@@ -736,19 +743,15 @@ def run(args: argparse.Namespace) -> int:
     except CacheError as exc:
         message = f"sync failed: {exc}"
         print(f"error: {message}", file=sys.stderr, flush=True)
-        if args.termination_log:
-            with contextlib.suppress(OSError):
-                args.termination_log.write_text(
-                    json.dumps({"event": "sync-failed", "message": message})
-                )
+        write_termination_log(
+            args.termination_log, json.dumps({"event": "sync-failed", "message": message})
+        )
         return 1
     if args.link is not None:
         link_atomic(args.link, result.path)
     line = json.dumps(result.summary())
     print(line, flush=True)
-    if args.termination_log:
-        with contextlib.suppress(OSError):
-            args.termination_log.write_text(line)
+    write_termination_log(args.termination_log, line)
     return 0
 
 
