@@ -25,7 +25,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,10 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.server import start_server  # noqa: E402
+
 BIN = Path(sys.executable).parent
 VOICE_WAV = ROOT / "inference" / "tts_inference" / "voices" / "default.wav"
 VOICE_TXT = ROOT / "inference" / "tts_inference" / "voices" / "default.txt"
@@ -116,51 +119,6 @@ def baseline(model_dir: Path, size: str, nfe: int, calls: int) -> dict[str, Any]
     return {"per_call_seconds": times, "audio_seconds": audio}
 
 
-def start_server(
-    model_dir: Path, nfe: int, max_batch: int, dtype: str, log: Path
-) -> tuple[subprocess.Popen[bytes], str, float]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [
-            str(BIN / "tts-inference"),
-            "serve",
-            "--model-dir",
-            str(model_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--nfe-step",
-            str(nfe),
-            "--max-batch",
-            str(max_batch),
-            "--max-wait-ms",
-            "30",
-            "--dtype",
-            dtype,
-            "--max-queue",
-            "256",
-        ],
-        stdout=open(log, "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url, time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-
-
 def one(url: str, text: str, seed: int) -> tuple[float, float]:
     start = time.perf_counter()
     resp = httpx.post(
@@ -230,6 +188,15 @@ def main() -> int:
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--baseline-calls", type=int, default=6)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="the server's --max-batch (on a CPU, 1 is usually faster per audio second)",
+    )
+    parser.add_argument(
+        "--no-stream", action="store_true", help="skip the streaming first-byte measurement"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -254,10 +221,16 @@ def main() -> int:
         flush=True,
     )
 
-    proc, url, warm_start = start_server(
-        model_dir, args.nfe_step, 16, args.dtype, work / "serve.log"
+    server = start_server(
+        model_dir,
+        work / "serve.log",
+        *("--nfe-step", str(args.nfe_step), "--max-batch", str(args.max_batch)),
+        *("--max-wait-ms", "30", "--dtype", args.dtype, "--max-queue", "256"),
+        timeout=1800,
     )
+    proc, url, warm_start = server.proc, server.url, server.ready_seconds
     results = []
+    ttfb: dict[str, float] = {}
     try:
         print(f"server ready {warm_start:.1f}s after start", flush=True)
         for level in (int(x) for x in args.levels.split(",")):
@@ -271,11 +244,12 @@ def main() -> int:
                 f"p50 {r['p50']:.2f}s (baseline {r['baseline_p50']:.2f}s), p95 {r['p95']:.2f}s",
                 flush=True,
             )
-        ttfb = first_byte(url, args.nfe_step)
-        print(
-            f"streaming: first byte {ttfb['first_byte_seconds']:.2f}s of {ttfb['total_seconds']:.2f}s",
-            flush=True,
-        )
+        if not args.no_stream:
+            ttfb = first_byte(url, args.nfe_step)
+            print(
+                f"streaming: first byte {ttfb['first_byte_seconds']:.2f}s of {ttfb['total_seconds']:.2f}s",
+                flush=True,
+            )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
@@ -289,12 +263,16 @@ def main() -> int:
         "size": args.size,
         "nfe_step": args.nfe_step,
         "dtype": args.dtype,
+        "max_batch": args.max_batch,
         "baseline": {"per_call_seconds_median": per_call, "throughput": base_tput, **base},
         "levels": results,
         "warm_start_seconds": warm_start,
         "streaming": ttfb,
     }
-    out = args.out or ROOT / "bench" / "out" / f"server-{args.size}.json"
+    out = (
+        args.out
+        or ROOT / "bench" / "out" / f"server-{args.size}-{args.dtype}-b{args.max_batch}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     return 0

@@ -13,75 +13,19 @@ import threading
 import time
 import wave
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from openai import OpenAI
 
 from tests.conftest import require_tool
 from tests.support.s3 import free_port
+from tests.support.server import Server, start_server, stop
 from tts_inference import audio
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    @property
-    def client(self) -> OpenAI:
-        return OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-    def metrics(self) -> str:
-        return httpx.get(f"{self.url}/metrics", timeout=10).text
-
-
-def start_server(
-    model_dir: Path, log: Path, *extra: str, env: dict[str, str] | None = None
-) -> Server:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(BIN / "tts-inference"),
-            "serve",
-            "--model-dir",
-            str(model_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *extra,
-        ],
-        stdout=open(log, "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return Server(proc, url, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)  # polling a process that is starting up
-    proc.kill()
-    raise TimeoutError(log.read_text()[-3000:])
-
-
-def stop(server: Server) -> int:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-    return server.proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="session")
