@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 ENV_PREFIX = "TTS_OPERATOR_"
+LOG_FORMATS = ("plain", "json")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--inference-image", help="default inference image for pods the operator makes"
     )
     parser.add_argument(
-        "--log-format", choices=["plain", "json"], help="log format (default plain)"
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="plain text, or json: one JSON object per line (default plain; env TTS_OPERATOR_LOG_FORMAT)",
     )
     parser.add_argument(
         "--image-pull-policy",
@@ -128,6 +131,11 @@ def parse(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
             parser.error(f"{ENV_PREFIX}{name}={raw!r} is not a port number")
 
     defaults = Settings()
+    log_format = args.log_format or from_env("LOG_FORMAT") or defaults.log_format
+    if log_format not in LOG_FORMATS:
+        parser.error(
+            f"{ENV_PREFIX}LOG_FORMAT={log_format!r} is not a log format: use one of {', '.join(LOG_FORMATS)}"
+        )
     return Settings(
         namespaces=namespaces,
         all_namespaces=all_ns,
@@ -137,7 +145,7 @@ def parse(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
         inference_image=args.inference_image
         or from_env("INFERENCE_IMAGE")
         or defaults.inference_image,
-        log_format=args.log_format or from_env("LOG_FORMAT") or defaults.log_format,
+        log_format=log_format,
         image_pull_policy=args.image_pull_policy
         or from_env("IMAGE_PULL_POLICY")
         or defaults.image_pull_policy,

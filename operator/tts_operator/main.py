@@ -23,7 +23,6 @@ from tts_operator.metrics import METRICS
 
 log = logging.getLogger("tts_operator")
 
-PHASES: dict[tuple[str, str], str] = {}
 # Timers are declared at import, so their interval comes from the environment.
 RECONCILE_INTERVAL = float(os.environ.get("TTS_OPERATOR_RECONCILE_INTERVAL") or 10)
 
@@ -54,14 +53,24 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.setdefault("jobs", job_flow.JobApi())
 
 
-def _record(kind: str, name: str, phase: str | None) -> None:
-    if phase:
-        PHASES[(kind, name)] = phase
-    counts: dict[tuple[str, str], int] = {}
-    for (k, _), p in PHASES.items():
-        counts[(k, p)] = counts.get((k, p), 0) + 1
-    for k, p in {(k, p) for (k, _), p in PHASES.items()} | set(counts):
-        METRICS.resources.labels(k, p).set(counts.get((k, p), 0))
+def _record(kind: str, ref: str, phase: str | None) -> None:
+    """Count ``ref`` ("namespace/name") in tts_operator_resources under its current phase."""
+    namespace, _, name = ref.partition("/")
+    METRICS.phases.set(kind, namespace, name, phase)
+
+
+def _forget(kind: str, body: kopf.Body) -> None:
+    """A deleted resource no longer counts in tts_operator_resources."""
+    METRICS.phases.forget(kind, str(body.meta.namespace), str(body.meta.name))
+
+
+def _record_body(kind: str, body: kopf.Body, phase: str | None) -> None:
+    # A resource being deleted is on its way out of the gauge: a reconcile that
+    # raced with the deletion must not count it again.
+    if body.meta.get("deletionTimestamp"):
+        _forget(kind, body)
+    else:
+        _record(kind, f"{body.meta.namespace}/{body.meta.name}", phase)
 
 
 async def _reconcile_endpoint(
@@ -93,7 +102,7 @@ async def _reconcile_endpoint(
         ]
         message = failing[0] if failing else "all conditions true"
         kopf.event(body, type=kind, reason=str(status.get("phase")), message=message)
-    _record("TTSEndpoint", f"{body.meta.namespace}/{body.meta.name}", status.get("phase"))
+    _record_body(constants.ENDPOINT_KIND, body, status.get("phase"))
     for key, value in status.items():
         if old.get(key) != value:
             patch.status[key] = value
@@ -140,11 +149,7 @@ async def _reconcile_job(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) ->
         METRICS.reconcile_seconds.labels("TTSJob").observe(time.monotonic() - started)
     METRICS.reconciles.labels("TTSJob", "ok").inc()
     if status is None:
-        _record(
-            "TTSJob",
-            f"{body.meta.namespace}/{body.meta.name}",
-            (body.get("status") or {}).get("phase"),
-        )
+        _record_body(constants.JOB_KIND, body, (body.get("status") or {}).get("phase"))
         return
     old = body.get("status") or {}
     if old.get("phase") != status.get("phase"):
@@ -152,7 +157,7 @@ async def _reconcile_job(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) ->
         kopf.event(
             body, type=kind, reason=str(status.get("phase")), message=str(status.get("message", ""))
         )
-    _record("TTSJob", f"{body.meta.namespace}/{body.meta.name}", status.get("phase"))
+    _record_body(constants.JOB_KIND, body, status.get("phase"))
     for key, value in status.items():
         if old.get(key) != value:
             patch.status[key] = value
@@ -180,14 +185,40 @@ async def job_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: An
 @kopf.on.delete(constants.GROUP, constants.VERSION, constants.JOB_PLURAL)
 async def job_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await job_flow.cancel(memo.jobs, memo.kube, dict(body))
-    PHASES.pop(("TTSJob", f"{body.meta.namespace}/{body.meta.name}"), None)
+    _forget(constants.JOB_KIND, body)
+
+
+@kopf.on.event(constants.GROUP, constants.VERSION, constants.ENDPOINT_PLURAL)
+@kopf.on.event(constants.GROUP, constants.VERSION, constants.JOB_PLURAL)
+async def resource_gone(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """A deleted TTSEndpoint or TTSJob drops out of tts_operator_resources once it is gone."""
+    if event.get("type") == "DELETED":
+        _forget(str(body.get("kind")), body)
+
+
+PLAIN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(log_format: str) -> None:
+    """Log at INFO to stderr: ``plain`` text lines, or ``json``, one JSON object per line.
+
+    Both go through Kopf's own setup (one stderr handler, replaced rather than added
+    to on a second call). JSON lines come from Kopf's formatter: ``message``,
+    ``severity``, ``timestamp``, and for a line about a resource its reference under
+    ``object``; plain lines keep the operator's text format.
+    """
+    if log_format not in config.LOG_FORMATS:
+        raise ValueError(f"log format {log_format!r} is not one of {', '.join(config.LOG_FORMATS)}")
+    json_lines = log_format == "json"
+    kopf.configure(log_format=kopf.LogFormat.JSON if json_lines else kopf.LogFormat.PLAIN)
+    if not json_lines:
+        # kopf.configure has just appended its stderr handler to the root logger.
+        logging.getLogger().handlers[-1].setFormatter(logging.Formatter(PLAIN_LOG_FORMAT))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = config.parse(argv, os.environ)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_format)
     log.info(
         "watching %s",
         "all namespaces" if settings.all_namespaces else ", ".join(settings.namespaces),

@@ -2,7 +2,50 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ResourcePhases:
+    """The phase of every custom resource the operator knows, and the gauge counted from it.
+
+    The gauge is set from the current set of objects on every change, never by
+    increments, so a deleted resource drops out of it and a phase that no object
+    has any more reads 0.
+    """
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._phases: dict[tuple[str, str, str], str] = {}
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def set(self, kind: str, namespace: str, name: str, phase: str | None) -> None:
+        """Record an object's phase (an object without a phase yet is not counted)."""
+        with self._lock:
+            if phase:
+                self._phases[(kind, namespace, name)] = phase
+            else:
+                self._phases.pop((kind, namespace, name), None)
+            self._publish()
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        """The object is deleted: it counts nowhere any more."""
+        with self._lock:
+            self._phases.pop((kind, namespace, name), None)
+            self._publish()
+
+    def phase(self, kind: str, namespace: str, name: str) -> str | None:
+        return self._phases.get((kind, namespace, name))
+
+    def _publish(self) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for (kind, _, _), phase in self._phases.items():
+            counts[(kind, phase)] = counts.get((kind, phase), 0) + 1
+        self._seen |= set(counts)
+        for kind, phase in self._seen:
+            self.gauge.labels(kind, phase).set(counts.get((kind, phase), 0))
 
 
 class OperatorMetrics:
@@ -26,6 +69,7 @@ class OperatorMetrics:
             ["kind", "phase"],
             registry=registry,
         )
+        self.phases = ResourcePhases(self.resources)
 
 
 METRICS = OperatorMetrics()

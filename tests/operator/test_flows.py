@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
 
@@ -325,3 +326,18 @@ def test_scaled_to_zero_keeps_the_cache_warm(
     )
     wait_for(lambda: _status(api).get("phase") == "Ready")
     assert _cond(api, c.AVAILABLE)["reason"] == c.REASON_SCALED_TO_ZERO
+
+
+def test_a_deleted_endpoint_no_longer_counts_in_the_resources_gauge(
+    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+) -> None:
+    def counted() -> float:
+        labels = {"kind": "TTSEndpoint", "phase": "Syncing"}
+        return REGISTRY.get_sample_value("tts_operator_resources", labels) or 0.0
+
+    _start(run_operator)
+    _setup(api)
+    wait_for(lambda: _status(api).get("phase") == "Syncing", message="never Syncing")
+    before = wait_for(lambda: counted() or None, message="never counted")
+    api.delete("ttsendpoints", NAMESPACE, "f5tts")
+    wait_for(lambda: counted() == before - 1, message="the deleted TTSEndpoint still counts")

@@ -13,10 +13,11 @@ import pytest
 
 os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
 
-from tests.inference.test_server import Server, start_server, stop, tiny_model
+from tests.inference.test_server import tiny_model
 from tests.operator.conftest import NAMESPACE, RunOperator, WaitFor
 from tests.support.kube_emulator import ApiServer
 from tests.support.s3 import S3Server
+from tests.support.server import Server, start_server, stop
 from tts_inference import audio
 from tts_operator import config
 from tts_operator import main as operator_main

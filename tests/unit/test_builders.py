@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,22 @@ from tts_operator.builders.meta import child_name, spec_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = b.BuildConfig(image="registry.example/tts/inference:1.0")
-K8S_VERSIONS = [all_versions()[0], all_versions()[-1]]
+
+
+def _supported_versions() -> list[str]:
+    """Oldest and newest Kubernetes the chart supports (Chart.yaml's kubeVersion)."""
+    chart = yaml.safe_load((ROOT / "charts" / "tts-operator" / "Chart.yaml").read_text())
+    m = re.fullmatch(r">=(\d+)\.(\d+)\.0-0 <(\d+)\.(\d+)\.0-0", str(chart["kubeVersion"]).strip())
+    assert m, chart["kubeVersion"]
+    below = (int(m.group(3)), int(m.group(4)))
+    newest = max(
+        (v for v in all_versions() if tuple(map(int, v.split(".")[:2])) < below),
+        key=lambda v: tuple(map(int, v.split("."))),
+    )
+    return [f"{m.group(1)}.{m.group(2)}.0", newest]
+
+
+K8S_VERSIONS = _supported_versions()
 
 
 def _example(name: str) -> dict[str, Any]:
@@ -82,9 +99,63 @@ def test_every_child_is_valid_kubernetes(case: str, version: str) -> None:
         kubernetes_validate.validate(obj, version, strict=True)
 
 
+def batch(**spec_changes: Any) -> dict[str, Any]:
+    job = _example("chapter-one")
+    job["spec"].update(spec_changes)
+    return job
+
+
+BATCH_JOBS = {
+    "one-pod": batch(),
+    "three-parts": batch(parallelism=3),
+    "three-parts-no-retries": batch(parallelism=3, backoffLimit=0),
+    "max-parts": batch(parallelism=64, backoffLimit=10),
+}
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-def test_batch_job_is_valid_kubernetes(version: str) -> None:
-    kubernetes_validate.validate(b.batch_job(_example("chapter-one"), CONFIG), version, strict=True)
+@pytest.mark.parametrize("case", sorted(BATCH_JOBS))
+def test_batch_job_is_valid_kubernetes(case: str, version: str) -> None:
+    kubernetes_validate.validate(b.batch_job(BATCH_JOBS[case], CONFIG), version, strict=True)
+
+
+def test_batch_job_with_parallelism_is_an_indexed_job_of_that_many_parts() -> None:
+    job = b.batch_job(batch(parallelism=3, backoffLimit=2), CONFIG)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    # Each part retries on its own; one part out of retries fails the whole Job.
+    assert (spec["backoffLimitPerIndex"], spec["maxFailedIndexes"]) == (2, 0)
+    assert spec["backoffLimit"] == 6
+    command = _containers(spec["template"]["spec"])["run-job"]["command"]
+    assert command[command.index("--part-count") + 1] == "3"
+    (owner,) = job["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("TTSJob", "chapter-one", True)
+
+
+def test_batch_job_of_one_part_stays_a_plain_job() -> None:
+    for job in (batch(), batch(parallelism=1)):
+        built = b.batch_job(job, CONFIG)
+        spec = built["spec"]
+        assert "completionMode" not in spec
+        assert "backoffLimitPerIndex" not in spec
+        assert spec["backoffLimit"] == 2
+        assert "--part-count" not in _containers(spec["template"]["spec"])["run-job"]["command"]
+
+
+@pytest.mark.parametrize("case", sorted(BATCH_JOBS))
+def test_bad_input_fails_a_batch_job_at_once_and_evictions_are_free(case: str) -> None:
+    spec = b.batch_job(BATCH_JOBS[case], CONFIG)["spec"]
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "run-job", "operator": "In", "values": [2]},
+    } in rules
+    assert {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    } in rules
+    assert spec["podReplacementPolicy"] == "Failed"
 
 
 @pytest.mark.parametrize("case", sorted(ENDPOINTS))
@@ -140,6 +211,36 @@ def test_batch_job_command_names_the_documented_command() -> None:
     assert containers["sync"]["command"][:2] == ["tts-inference", "sync"]
     assert containers["run-job"]["command"][:2] == ["tts-inference", "run-job"]
     assert "--text-uri" in containers["run-job"]["command"]
+
+
+@pytest.mark.parametrize("case", sorted(BATCH_JOBS))
+def test_batch_job_command_lines_parse_with_the_real_cli(case: str) -> None:
+    pod = b.batch_job(BATCH_JOBS[case], CONFIG)["spec"]["template"]["spec"]
+    for name, ct in _containers(pod).items():
+        argv = ct["command"]
+        assert argv[0] == "tts-inference"
+        if argv[1] == "run-job" and importlib.util.find_spec("tts_inference.runjob") is None:
+            continue  # parsed by the run-job test below once the command exists
+        args = build_parser(argv[1]).parse_args(argv[1:])
+        assert args.command == argv[1], name
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tts_inference.runjob") is None,
+    reason="tts_inference.runjob (the run-job command) is not importable yet",
+)
+@pytest.mark.parametrize("case", sorted(BATCH_JOBS))
+def test_run_job_command_parses_with_the_real_run_job_parser(case: str) -> None:
+    job = BATCH_JOBS[case]
+    argv = _containers(b.batch_job(job, CONFIG)["spec"]["template"]["spec"])["run-job"]["command"]
+    parts = b.batch_parts(job)
+    args = build_parser("run-job").parse_args(argv[1:])
+    assert args.command == "run-job"
+    parsed = vars(args)
+    if parts > 1:
+        assert parts in (parsed.get("part_count"), str(parsed.get("part_count")))
+    else:
+        assert parsed.get("part_count") in (None, 1)
 
 
 def test_cache_job_requests_no_gpu_but_keeps_placement() -> None:

@@ -436,6 +436,11 @@ def batch_job_name(job: Obj) -> str:
     return child_name(job["metadata"]["name"], "run")
 
 
+def batch_parts(job: Obj) -> int:
+    """How many pods share a batch TTSJob's text (spec.parallelism, at least 1)."""
+    return max(int(job["spec"].get("parallelism") or 1), 1)
+
+
 def run_job_command(job: Obj) -> list[str]:
     spec = job["spec"]
     cmd = ["tts-inference", "run-job", "--model-dir", c.MODEL_LINK, "--cache-dir", c.CACHE_MOUNT]
@@ -465,11 +470,48 @@ def run_job_command(job: Obj) -> list[str]:
     ):
         if key in params:
             cmd += [flag, str(params[key])]
+    parts = batch_parts(job)
+    if parts > 1:
+        # Each pod takes its share by JOB_COMPLETION_INDEX, which the Indexed Job sets.
+        cmd += ["--part-count", str(parts)]
     return cmd
 
 
+# run-job's exit code for bad input (no retry can help); 1 is anything else.
+RUN_JOB_PERMANENT_EXIT = 2
+
+
+def batch_failure_policy() -> Obj:
+    """Bad input fails the Job at once; an evicted or preempted pod does not count as a try."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": "run-job",
+                    "operator": "In",
+                    "values": [RUN_JOB_PERMANENT_EXIT],
+                },
+            },
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
+        ]
+    }
+
+
 def batch_job(job: Obj, config: BuildConfig) -> Obj:
-    """A TTSJob without an endpoint: one GPU pod with the same init containers and cache."""
+    """A TTSJob without an endpoint: GPU pods with the same init containers and cache.
+
+    With spec.parallelism N > 1 it is an Indexed Job of N completions, all running at
+    once: each pod speaks its share of the text, and the one that finds every part
+    uploaded joins them into the output. Each index is retried spec.backoffLimit times
+    on its own (backoffLimitPerIndex, GA in 1.33, beta and on by default from 1.29);
+    one index out of retries fails the Job (maxFailedIndexes 0), since the join needs
+    every part. backoffLimit = N x spec.backoffLimit is what the per-index limits allow
+    in all, so a cluster that drops the per-index fields still bounds the retries.
+    """
     spec = job["spec"]
     secret = spec["storage"]["credentialsSecret"]["name"]
     claim = spec["storage"].get("cache", {}).get("existingClaim")
@@ -491,12 +533,28 @@ def batch_job(job: Obj, config: BuildConfig) -> Obj:
         "volumes": _volumes(claim),
         **_placement(spec),
     }
+    retries = int(spec.get("backoffLimit", 2))
+    parts = batch_parts(job)
+    job_spec: Obj = {"backoffLimit": retries}
+    if parts > 1:
+        job_spec = {
+            "completionMode": "Indexed",
+            "completions": parts,
+            "parallelism": parts,
+            "backoffLimitPerIndex": retries,
+            "maxFailedIndexes": 0,
+            "backoffLimit": retries * parts,
+        }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": meta,
         "spec": {
-            "backoffLimit": int(spec.get("backoffLimit", 2)),
+            **job_spec,
+            # podFailurePolicy needs restartPolicy Never and replacement pods only
+            # once the old one has failed (the only value it allows).
+            "podFailurePolicy": batch_failure_policy(),
+            "podReplacementPolicy": "Failed",
             "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
         },
     }

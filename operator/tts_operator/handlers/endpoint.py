@@ -41,7 +41,7 @@ def job_state(job: Obj | None, pods: list[Obj]) -> JobState | None:
         if cond.get("status") == "True"
     }
     summary, failed_container, failure = None, None, ""
-    for pod in pods:
+    for pod in own_pods(job, pods):
         statuses = pod.get("status", {}).get("initContainerStatuses", []) + pod.get(
             "status", {}
         ).get("containerStatuses", [])
@@ -52,17 +52,19 @@ def job_state(job: Obj | None, pods: list[Obj]) -> JobState | None:
             if not term:
                 continue
             message = (term.get("message") or "").strip()
-            parsed = _json_line(message)
+            parsed = json_line(message)
             if term.get("exitCode", 0) == 0 and parsed and parsed.get("event") == "sync-complete":
                 summary = parsed
             elif term.get("exitCode", 0) != 0:
                 failed_container = cs.get("name")
                 failure = (
                     (parsed or {}).get("message")
-                    or _last_line(message)
+                    or (parsed or {}).get("error")
+                    or last_line(message)
                     or term.get("reason", "failed")
                 )
-    if "Complete" in conds or job.get("status", {}).get("succeeded", 0) >= 1:
+    completions = int(job.get("spec", {}).get("completions") or 1)
+    if "Complete" in conds or job.get("status", {}).get("succeeded", 0) >= completions:
         return JobState("succeeded", "cache synced", summary)
     if "Failed" in conds:
         reason = (
@@ -75,7 +77,30 @@ def job_state(job: Obj | None, pods: list[Obj]) -> JobState | None:
     return JobState("running", failure or "syncing", summary, failed_container)
 
 
-def _json_line(text: str) -> dict[str, Any] | None:
+def own_pods(job: Obj, pods: list[Obj]) -> list[Obj]:
+    """The pods of this Job, not of an earlier one by the same name still being deleted.
+
+    Pods are listed by the job-name label; a pod whose controller-uid label or owner
+    reference names another uid belongs to a Job that is gone.
+    """
+    uid = job.get("metadata", {}).get("uid")
+    if not uid:
+        return list(pods)
+    out = []
+    for pod in pods:
+        meta = pod.get("metadata", {})
+        label = (meta.get("labels") or {}).get("batch.kubernetes.io/controller-uid")
+        owners = [
+            ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "Job"
+        ]
+        if (label and label != uid) or (owners and uid not in owners):
+            continue
+        out.append(pod)
+    return out
+
+
+def json_line(text: str) -> dict[str, Any] | None:
+    """The last line of ``text`` that is a JSON object (a termination message's summary)."""
     for raw in reversed(text.splitlines()):
         line = raw.strip()
         if line.startswith("{"):
@@ -88,7 +113,8 @@ def _json_line(text: str) -> dict[str, Any] | None:
     return None
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """The last non-blank line of ``text``, at most 500 characters."""
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1][:500] if lines else ""
 

@@ -19,7 +19,7 @@ from tts_operator import constants as c
 from tts_operator import status as st
 from tts_operator.builders import objects as b
 from tts_operator.builders.meta import Obj
-from tts_operator.handlers.endpoint import job_state
+from tts_operator.handlers.endpoint import JobState, job_state, json_line, last_line, own_pods
 from tts_operator.kube import Kube
 
 log = logging.getLogger("tts_operator.job")
@@ -263,41 +263,92 @@ async def _as_batch(
     name = want["metadata"]["name"]
     current = await kube.get("Job", ns, name) or await kube.create(want)
     pods = await kube.list("Pod", ns, f"batch.kubernetes.io/job-name={name}")
-    state = job_state(current, pods)
+    outcome = batch_outcome(current, pods)
     status.setdefault("startedAt", st.now_rfc3339(now))
     status["attempts"] = int(current.get("status", {}).get("failed", 0)) + (
-        1 if state and state.state != "failed" else 0
+        1 if outcome.state != "failed" else 0
     )
-    if state is None or state.state == "running":
+    if outcome.state == "running":
         status["phase"] = c.PHASE_RUNNING
-        status["message"] = f"batch Job {name} running"
+        status["message"] = outcome.message
         return status
-    if state.state == "failed":
-        return _finish(status, job, now, ok=False, message=state.message)
-    summary = _run_job_summary(pods)
+    if outcome.state == "failed":
+        return _finish(status, job, now, ok=False, message=outcome.message)
+    summary = outcome.summary or {}
     status.update(
         outputUri=summary.get("outputUri"),
         audioSeconds=summary.get("audioSeconds"),
         rtf=summary.get("rtf"),
     )
-    return _finish(
-        status,
-        job,
-        now,
-        ok=True,
-        message=f"audio written to {summary.get('outputUri', job['spec']['output']['uri'])}",
-    )
+    return _finish(status, job, now, ok=True, message=outcome.message)
 
 
-def _run_job_summary(pods: list[Obj]) -> dict[str, Any]:
-    from tts_operator.handlers.endpoint import _json_line
+def batch_outcome(job: Obj, pods: list[Obj]) -> JobState:
+    """Pure: a batch TTSJob's state from its Job and the Job's pods.
 
+    Succeeded once a pod reports the joined output (any index: the joining pod exits 0
+    only after the whole file is uploaded); Failed with the failing pod's own message
+    when the Job failed (a permanent input error, exit code 2, before any other pod's);
+    while it runs, how many of its parts are done.
+    """
+    name = job["metadata"]["name"]
+    pods = own_pods(job, pods)
+    state = job_state(job, pods) or JobState("running")
+    summary = _run_job_summary(pods)
+    if state.state == "failed":
+        return JobState("failed", _permanent_failure(pods) or state.message)
+    if summary:
+        return JobState("succeeded", f"audio written to {summary['outputUri']}", summary)
+    if state.state == "succeeded":
+        return JobState(
+            "failed",
+            f"batch Job {name} completed but no pod reported the joined output "
+            "(a run-job termination message with joined true and an outputUri)",
+        )
+    parts = int(job.get("spec", {}).get("completions") or 1)
+    message = f"batch Job {name} running"
+    if parts > 1:
+        done = min(int(job.get("status", {}).get("succeeded") or 0), parts)
+        message += f": {done}/{parts} parts done"
+    if state.failed_container:
+        message += f"; retrying after {state.failed_container} failed: {state.message}"
+    return JobState("running", message)
+
+
+def _run_job_terminations(pods: list[Obj]) -> list[tuple[int, dict[str, Any] | None, Obj]]:
+    """(exit code, JSON summary, terminated state) of every run-job container that ended."""
+    out = []
     for pod in pods:
         for cs in pod.get("status", {}).get("containerStatuses", []):
-            term = cs.get("state", {}).get("terminated") or {}
-            if cs.get("name") == "run-job" and term.get("exitCode") == 0:
-                return _json_line(term.get("message") or "") or {}
-    return {}
+            term = cs.get("state", {}).get("terminated")
+            if cs.get("name") == "run-job" and term:
+                out.append(
+                    (int(term.get("exitCode", 0)), json_line(term.get("message") or ""), term)
+                )
+    return out
+
+
+def _run_job_summary(pods: list[Obj]) -> dict[str, Any] | None:
+    """The joining pod's summary: outputUri, audioSeconds, rtf (parts report joined false)."""
+    for code, parsed, _ in _run_job_terminations(pods):
+        if code == 0 and parsed and parsed.get("joined") is not False and parsed.get("outputUri"):
+            return parsed
+    return None
+
+
+def _permanent_failure(pods: list[Obj]) -> str | None:
+    """What a run-job that gave up on its input (exit code 2) said, if one did."""
+    for code, parsed, term in _run_job_terminations(pods):
+        if code == b.RUN_JOB_PERMANENT_EXIT:
+            text = (term.get("message") or "").strip()
+            return str(
+                (parsed or {}).get("message")
+                or (parsed or {}).get("error")
+                or last_line(text)
+                or term.get("reason")
+                or "run-job rejected its input (exit code 2)"
+            )
+    return None
 
 
 async def cancel(api: JobApi, kube: Kube, job: Obj) -> None:
