@@ -282,3 +282,28 @@ def test_a_deleted_ttsjob_no_longer_counts_in_the_resources_gauge(
         lambda: _counted("Succeeded") == counted - 1,
         message="the deleted TTSJob still counts",
     )
+
+
+def test_parts_sharing_a_read_write_once_claim_are_kept_on_one_node(
+    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+) -> None:
+    api.create(
+        "persistentvolumeclaims",
+        NAMESPACE,
+        {
+            "metadata": {"name": "shared-cache"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "10Gi"}},
+            },
+        },
+    )
+    _start(run_operator)
+    job = _example("chapter-one")
+    job["spec"]["parallelism"] = PARTS
+    job["spec"]["storage"]["cache"] = {"existingClaim": "shared-cache"}
+    api.create("ttsjobs", NAMESPACE, job)
+    pod = _one_batch_job(api, wait_for)["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert {"claimName": "shared-cache"} in [v.get("persistentVolumeClaim") for v in pod["volumes"]]

@@ -132,6 +132,59 @@ def test_batch_job_with_parallelism_is_an_indexed_job_of_that_many_parts() -> No
     assert (owner["kind"], owner["name"], owner["controller"]) == ("TTSJob", "chapter-one", True)
 
 
+def _with_claim(parallelism: int) -> dict[str, Any]:
+    job = batch(parallelism=parallelism)
+    job["spec"]["storage"]["cache"] = {"existingClaim": "shared-cache"}
+    return job
+
+
+@pytest.mark.parametrize(
+    ("parallelism", "modes", "one_node"),
+    [
+        (3, ["ReadWriteOnce"], True),
+        (3, None, True),  # the claim is not there (yet): assume the narrowest
+        (3, ["ReadWriteMany"], False),
+        (3, ["ReadOnlyMany", "ReadWriteOnce"], False),
+        (1, ["ReadWriteOnce"], False),
+    ],
+)
+def test_parts_on_a_one_node_volume_are_kept_on_one_node(
+    parallelism: int, modes: list[str] | None, one_node: bool
+) -> None:
+    built = b.batch_job(_with_claim(parallelism), CONFIG, modes)
+    pod = built["spec"]["template"]["spec"]
+    terms = pod.get("affinity", {}).get("podAffinity", {})
+    if not one_node:
+        assert not terms
+        return
+    (term,) = terms["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    # It matches this TTSJob's pods and no other TTSJob's.
+    assert term["labelSelector"]["matchLabels"].items() <= pod_labels(built).items()
+    other = b.batch_job(_other_job(), CONFIG, modes)
+    assert not term["labelSelector"]["matchLabels"].items() <= pod_labels(other).items()
+    kubernetes_validate.validate(built, K8S_VERSIONS[0], strict=True)
+
+
+def pod_labels(job: dict[str, Any]) -> dict[str, str]:
+    return dict(job["spec"]["template"]["metadata"]["labels"])
+
+
+def _other_job() -> dict[str, Any]:
+    job = _with_claim(3)
+    job["metadata"]["name"] = "chapter-two"
+    return job
+
+
+def test_parts_without_a_claim_each_use_their_own_scratch_volume() -> None:
+    pod = b.batch_job(batch(parallelism=3), CONFIG)["spec"]["template"]["spec"]
+    assert "podAffinity" not in pod.get("affinity", {})
+    assert next(v for v in pod["volumes"] if v["name"] == "cache") == {
+        "name": "cache",
+        "emptyDir": {},
+    }
+
+
 def test_batch_job_of_one_part_stays_a_plain_job() -> None:
     for job in (batch(), batch(parallelism=1)):
         built = b.batch_job(job, CONFIG)

@@ -117,6 +117,25 @@ def _container(
     }
 
 
+def shared_by_nodes(modes: list[str]) -> bool:
+    """Whether a volume with these access modes mounts on several nodes at once."""
+    return "ReadWriteMany" in modes or "ReadOnlyMany" in modes
+
+
+def _same_node(pod_spec: Obj, selector: dict[str, str]) -> None:
+    """Require every pod matching ``selector`` on one node (the first one is free to pick)."""
+    affinity = dict(pod_spec.get("affinity", {}))
+    affinity["podAffinity"] = {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "labelSelector": {"matchLabels": dict(selector)},
+                "topologyKey": "kubernetes.io/hostname",
+            }
+        ]
+    }
+    pod_spec["affinity"] = affinity
+
+
 def _volumes(claim: str | None) -> list[Obj]:
     cache: Obj = {"name": "cache"}
     if claim:
@@ -342,22 +361,9 @@ def deployment(endpoint: Obj, config: BuildConfig, *, cache_ready: bool) -> Obj:
         **_placement(spec),
     }
     modes = access_modes(spec)
-    if (
-        int(spec.get("replicas", 1)) > 1
-        and "ReadWriteMany" not in modes
-        and "ReadOnlyMany" not in modes
-    ):
+    if int(spec.get("replicas", 1)) > 1 and not shared_by_nodes(modes):
         # A ReadWriteOnce volume mounts on one node: keep every replica there.
-        affinity = dict(pod_spec.get("affinity", {}))
-        affinity["podAffinity"] = {
-            "requiredDuringSchedulingIgnoredDuringExecution": [
-                {
-                    "labelSelector": {"matchLabels": dict(selector)},
-                    "topologyKey": "kubernetes.io/hostname",
-                }
-            ]
-        }
-        pod_spec["affinity"] = affinity
+        _same_node(pod_spec, selector)
     meta = metadata(
         endpoint, server_name(endpoint), c.COMPONENT_SERVER, {c.ANNOTATION_SPEC_HASH: digest}
     )
@@ -501,7 +507,7 @@ def batch_failure_policy() -> Obj:
     }
 
 
-def batch_job(job: Obj, config: BuildConfig) -> Obj:
+def batch_job(job: Obj, config: BuildConfig, claim_modes: list[str] | None = None) -> Obj:
     """A TTSJob without an endpoint: GPU pods with the same init containers and cache.
 
     With spec.parallelism N > 1 it is an Indexed Job of N completions, all running at
@@ -511,6 +517,9 @@ def batch_job(job: Obj, config: BuildConfig) -> Obj:
     one index out of retries fails the Job (maxFailedIndexes 0), since the join needs
     every part. backoffLimit = N x spec.backoffLimit is what the per-index limits allow
     in all, so a cluster that drops the per-index fields still bounds the retries.
+
+    ``claim_modes`` are the access modes of spec.storage.cache.existingClaim (None when
+    unknown): parts on a volume that mounts on one node only are kept on one node.
     """
     spec = job["spec"]
     secret = spec["storage"]["credentialsSecret"]["name"]
@@ -535,6 +544,8 @@ def batch_job(job: Obj, config: BuildConfig) -> Obj:
     }
     retries = int(spec.get("backoffLimit", 2))
     parts = batch_parts(job)
+    if parts > 1 and claim and not shared_by_nodes(claim_modes or []):
+        _same_node(pod_spec, meta["labels"])
     job_spec: Obj = {"backoffLimit": retries}
     if parts > 1:
         job_spec = {

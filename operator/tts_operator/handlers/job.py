@@ -259,7 +259,12 @@ async def _as_batch(
     kube: Kube, job: Obj, status: Obj, config: b.BuildConfig, gen: int | None, now: datetime
 ) -> Obj:
     ns = job["metadata"]["namespace"]
-    want = b.batch_job(job, config)
+    claim = job["spec"]["storage"].get("cache", {}).get("existingClaim")
+    modes = None
+    if claim and b.batch_parts(job) > 1:
+        pvc = await kube.get("PersistentVolumeClaim", ns, claim)
+        modes = list((pvc or {}).get("spec", {}).get("accessModes") or [])
+    want = b.batch_job(job, config, modes)
     name = want["metadata"]["name"]
     current = await kube.get("Job", ns, name) or await kube.create(want)
     pods = await kube.list("Pod", ns, f"batch.kubernetes.io/job-name={name}")
