@@ -316,6 +316,7 @@ async def _load(
         engine = await asyncio.to_thread(engine_factory, settings)
         await asyncio.to_thread(engine.load)
         metrics.load_seconds.set(time.monotonic() - started)
+        await asyncio.to_thread(metrics.track_cache, settings.model_dir, settings.cache_dir)
         state.engine = engine
         info = {k: str(v) for k, v in engine.info().items()}
         metrics.info.info({"version": __version__, **info})

@@ -165,9 +165,11 @@ def package_vocab_file() -> Path:
 
 def build_cfm(arch: Mapping[str, Any], vocab_file: Path) -> torch.nn.Module:
     """f5-tts's CFM around a DiT, built the way f5_tts.infer.utils_infer.load_model builds it."""
-    from f5_tts.model import CFM, DiT
-    from f5_tts.model.utils import get_tokenizer
+    from tts_inference.engine.f5_package import import_f5
 
+    CFM = import_f5("f5_tts.model.cfm").CFM
+    DiT = import_f5("f5_tts.model.backbones.dit").DiT
+    get_tokenizer = import_f5("f5_tts.model.utils").get_tokenizer
     vocab_char_map, vocab_size = get_tokenizer(str(vocab_file), "custom")
     mel = MEL_SPEC
     model: torch.nn.Module = CFM(

@@ -1,8 +1,9 @@
 """The inference image leaves out what f5-tts declares but serving never imports.
 
-The server, publish, sync and the flash_attn installer run here on the tiny
-model with every left-out distribution absent, as in the image; a new hard
-import of one of them fails this test (and would fail the image).
+The server, publish, sync, the flash_attn installer and make-tiny-model run
+here on the tiny model with every left-out distribution absent, as in the
+image; a new hard import of one of them fails this test (and would fail the
+image).
 """
 
 from __future__ import annotations
@@ -23,18 +24,16 @@ pytestmark = pytest.mark.slow
 
 # Named in the issue: training and UI packages the serving path must not import.
 TRAINING_AND_UI = {"gradio", "wandb", "datasets", "bitsandbytes"}
-# Still installed: f5_tts/model/__init__.py imports its Trainer (wandb, datasets),
-# and the engine and tiny_model import f5_tts.model.
-NOT_YET = {"wandb", "datasets"}
 
 
 def test_the_left_out_packages_are_the_training_and_ui_ones(left_out: tuple[str, ...]) -> None:
     excluded = images.read_names(images.EXCLUDED_FILE)
-    assert excluded == TRAINING_AND_UI - NOT_YET
+    assert excluded == TRAINING_AND_UI
     assert excluded <= set(left_out)
     lock = images.read_lock(images.LOCKS / "inference.txt")
     assert not set(left_out) & set(lock), "the inference lock installs a left-out package"
-    assert {"gradio"} <= {m.split(".")[0] for m in blocked_modules({"gradio"})}
+    for dist in sorted(TRAINING_AND_UI):
+        assert dist in {m.split(".")[0] for m in blocked_modules({dist})}, dist
 
 
 def test_server_speaks_with_the_left_out_packages_absent(image_server: ImageServer) -> None:
@@ -51,8 +50,7 @@ def test_server_speaks_with_the_left_out_packages_absent(image_server: ImageServ
     assert r.status_code == 200, r.text
     assert r.content[:4] == b"RIFF"
     assert image_server.proc.poll() is None
-    assert "gradio" in image_server.blocked
-    assert "bitsandbytes" in image_server.blocked
+    assert set(image_server.blocked) >= TRAINING_AND_UI
 
 
 def _run(
@@ -103,18 +101,15 @@ def test_publish_sync_and_installer_run_with_the_left_out_packages_absent(
     assert json.loads(markers[0].read_text())["wheel"] == wheel.name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="f5_tts/model/__init__.py imports f5_tts.model.trainer, which imports wandb and "
-    "datasets; the engine (from f5_tts.model import CFM, DiT) and tiny_model import "
-    "f5_tts.model. Once they load f5_tts.model's modules without its __init__, this "
-    "passes: then add wandb and datasets to Dockerfiles/locks/inference-excluded.txt",
-)
-def test_engine_imports_without_wandb_and_datasets(left_out: tuple[str, ...]) -> None:
+def test_engine_imports_without_the_left_out_packages(left_out: tuple[str, ...]) -> None:
+    """The engine and tiny_model take f5-tts's own classes without f5_tts/model/__init__.py."""
     code = (
         "import sys; from tests.chart.blocked import install; "
-        f"install({sorted(set(left_out) | NOT_YET)!r}); "
-        "import tts_inference.engine.f5, tts_inference.tiny_model; print('ok')"
+        f"install({sorted(left_out)!r}); "
+        "import tts_inference.engine.f5 as f5, tts_inference.tiny_model; "
+        "assert f5.CFM.__module__ == 'f5_tts.model.cfm', f5.CFM; "
+        "assert f5.DiT.__module__ == 'f5_tts.model.backbones.dit', f5.DiT; "
+        "assert 'f5_tts.model.trainer' not in sys.modules; print('ok')"
     )
     proc = subprocess.run(
         [*blocked_command((), "--version")[:1], "-c", code],
@@ -125,3 +120,13 @@ def test_engine_imports_without_wandb_and_datasets(left_out: tuple[str, ...]) ->
         cwd=images.ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
+
+
+def test_make_tiny_model_runs_with_the_left_out_packages_absent(
+    left_out: tuple[str, ...], tmp_path: Path
+) -> None:
+    env = image_env(home=tmp_path)
+    made = _run(left_out, env, "make-tiny-model", str(tmp_path / "tiny"))
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert (tmp_path / "tiny" / "model.yaml").is_file()

@@ -14,31 +14,40 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.chart.conftest import BUCKET, MISSING_BUCKET, ImageServer
 from tests.chart.helm import ALL_ON, ROOT, Obj, dashboards, recording_rules, render, rule_groups
 from tests.conftest import require_tool
 from tests.support.s3 import free_port, wait_for_port
+from tts_inference.metrics import ServerMetrics
 
 pytestmark = pytest.mark.slow
 
-# Panels that cannot have data from a server and the operator alone, and why.
-ALLOWED_EMPTY = {
-    "Cache volume": "kubelet_volume_stats_* come from the kubelet's volume stats: only a node serves them",
-}
+# Panel queries (title, refId) that cannot have data from a server and the operator alone, and why.
+KUBELET_ONLY = (
+    "kubelet_volume_stats_* come from the kubelet's volume stats: only a node serves them"
+)
+ALLOWED_EMPTY = {("Cache volume", "A"): KUBELET_ONLY, ("Cache volume", "B"): KUBELET_ONLY}
 # How the test fills in the dashboard's variables (Grafana's "All" is .*).
 VARIABLES = {"$__rate_interval": "5m", "${namespace}": ".*", "$namespace": ".*"}
+# A Grafana variable left in a query; "$1" in label_replace is PromQL's, and Grafana leaves it.
+UNKNOWN_VARIABLE = re.compile(r"\$(\{|[A-Za-z_])")
 DEADLINE_S = 90
 
 
@@ -54,16 +63,19 @@ def _panels(dashboard: Obj) -> Iterator[Obj]:
         yield from panel.get("panels", [])
 
 
-def panel_queries(dashboard: Obj) -> list[tuple[str, Query]]:
-    """(panel title, query) for every target of every panel, variables filled in."""
+def panel_queries(dashboard: Obj) -> list[tuple[tuple[str, str], Query]]:
+    """((panel title, refId), query) for every target of every panel, variables filled in."""
     out = []
     for panel in _panels(dashboard):
         for target in panel.get("targets", []):
             expr = target["expr"]
             for name, value in VARIABLES.items():
                 expr = expr.replace(name, value)
-            assert "$" not in expr, f"panel {panel['title']!r} uses an unknown variable: {expr}"
-            out.append((panel["title"], Query(f"panel {panel['title']!r} {target['refId']}", expr)))
+            assert not UNKNOWN_VARIABLE.search(expr), (
+                f"panel {panel['title']!r} uses an unknown variable: {expr}"
+            )
+            where = f"panel {panel['title']!r} {target['refId']}"
+            out.append(((panel["title"], target["refId"]), Query(where, expr)))
     return out
 
 
@@ -240,9 +252,9 @@ def test_every_recording_rule_and_dashboard_query_returns_data(
     (dashboard,) = dashboards(rendered).values()
     queries = [Query(f"record {name}", name) for name in recording_rules(rendered)]
     allowed: list[Query] = []
-    for title, query in panel_queries(dashboard):
-        (allowed if title in ALLOWED_EMPTY else queries).append(query)
-    assert set(ALLOWED_EMPTY) <= {t for t, _ in panel_queries(dashboard)}, (
+    for key, query in panel_queries(dashboard):
+        (allowed if key in ALLOWED_EMPTY else queries).append(query)
+    assert set(ALLOWED_EMPTY) <= {key for key, _ in panel_queries(dashboard)}, (
         "stale ALLOWED_EMPTY entry"
     )
 
@@ -262,6 +274,11 @@ def test_every_recording_rule_and_dashboard_query_returns_data(
     )
     assert load.statuses.get(200), load.statuses
     assert load.statuses.get(429), load.statuses
+    # The server's cache figures are per endpoint: the pod name less its two suffixes.
+    for key, query in panel_queries(dashboard):
+        if key[0] == "Cache volume" and key not in ALLOWED_EMPTY:
+            labels = [sample["metric"] for sample in _query(prometheus, query.expr)]
+            assert labels == [{"namespace": "tts", "server": "f5tts"}], (query.where, labels)
     for query in allowed:
         assert not _query(prometheus, query.expr), (
             f"{query.where} now has data: take it off ALLOWED_EMPTY"
@@ -300,3 +317,60 @@ def test_dashboard_panels_are_well_formed(rendered: list[Obj]) -> None:
         "jobs by phase",
     ):
         assert topic in titles, f"no panel for {topic}"
+
+
+def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def _files_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _volume(path: Path) -> tuple[int, int]:
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def test_the_server_reports_its_model_folder_and_cache_volume(
+    image_server: ImageServer, tiny_model: Path
+) -> None:
+    """Without --cache-dir the volume is the model folder's (the server here runs without one)."""
+    text = image_server.metrics()
+    assert _samples(text, "tts_model_cache_bytes") == {(): _files_bytes(tiny_model)}
+    volume = _samples(text, "tts_cache_volume_bytes")
+    assert set(volume) == {(("kind", "used"),), (("kind", "capacity"),)}
+    assert volume[(("kind", "capacity"),)] == _volume(tiny_model)[1]
+    assert 0 < volume[(("kind", "used"),)] <= volume[(("kind", "capacity"),)]
+
+
+def test_cache_metrics_resolve_the_model_link_and_read_the_cache_dir(tmp_path: Path) -> None:
+    model = tmp_path / "models" / "tiny" / "d1g35t"
+    (model / "vocos").mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"w" * 1000)
+    (model / "vocos" / "config.yaml").write_bytes(b"c" * 24)
+    (model / "vocos" / "elsewhere").symlink_to(tmp_path / "models")  # not followed
+    link = tmp_path / "run" / "model"
+    link.parent.mkdir()
+    link.symlink_to(model)
+
+    metrics = ServerMetrics()
+    text = generate_latest(metrics.registry).decode()
+    assert _samples(text, "tts_cache_volume_bytes") == {}  # nothing before the load
+    metrics.track_cache(link, tmp_path / "run")
+    text = generate_latest(metrics.registry).decode()
+    assert _samples(text, "tts_model_cache_bytes") == {(): 1024}
+    capacity = _samples(text, "tts_cache_volume_bytes")[(("kind", "capacity"),)]
+    assert capacity == _volume(tmp_path / "run")[1]
+
+    # A folder that is gone is logged, not fatal; the volume is not exported while unreadable.
+    gone = ServerMetrics()
+    gone.track_cache(tmp_path / "missing", None)
+    text = generate_latest(gone.registry).decode()
+    assert _samples(text, "tts_model_cache_bytes") == {(): 0}
+    assert _samples(text, "tts_cache_volume_bytes") == {}

@@ -7,10 +7,13 @@ changes a seeded request's audio.
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -110,6 +113,80 @@ def test_fake_engine_fail_on_and_release() -> None:
     assert len(errors) == 1
     assert "boom" in str(errors[0])
     assert engine.batches == [2]
+
+
+# How the engine imports f5-tts: never through f5_tts/model/__init__.py (see engine/f5_package.py).
+
+INFERENCE = Path(__file__).resolve().parents[2] / "inference" / "tts_inference"
+
+
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (imports start from nothing); its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **OFFLINE},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_every_f5_tts_import_goes_through_import_f5() -> None:
+    direct = []
+    for path in sorted(INFERENCE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            if any(name == "f5_tts" or name.startswith("f5_tts.") for name in names):
+                direct.append(f"{path.relative_to(INFERENCE)}:{node.lineno}")
+    assert not direct, f"import f5_tts modules with engine.f5_package.import_f5: {direct}"
+
+
+@pytest.mark.slow
+def test_the_engine_leaves_the_trainer_unimported() -> None:
+    """The package's own classes, no trainer, and f5_tts.model still behaves as the package."""
+    code = """
+import sys
+import tts_inference.engine.f5 as engine
+import tts_inference.tiny_model
+import f5_tts.model
+from f5_tts.model import CFM, DiT, utils
+assert not {"f5_tts.model.trainer", "f5_tts.model.dataset", "wandb", "datasets"} & set(sys.modules)
+assert (CFM, DiT, utils) == (engine.CFM, engine.DiT, engine.f5_utils)
+assert CFM.__module__ == "f5_tts.model.cfm" and DiT.__module__ == "f5_tts.model.backbones.dit"
+assert f5_tts.model is sys.modules["f5_tts.model"] and "Trainer" not in vars(f5_tts.model)
+# f5_tts.api finds a backbone by its dotted name:
+from hydra.utils import get_class
+assert get_class("f5_tts.model.DiT") is DiT
+# Asked for, Trainer is imported as the package's __init__.py would have bound it.
+from f5_tts.model import Trainer
+assert Trainer.__module__ == "f5_tts.model.trainer" and "wandb" in sys.modules
+try:
+    from f5_tts.model import NoSuchName
+except ImportError:
+    print("ok")
+"""
+    assert _python(code).split() == ["ok"]
+
+
+@pytest.mark.slow
+def test_the_engine_uses_an_f5_tts_model_already_imported() -> None:
+    code = """
+import sys
+import f5_tts.model
+real = sys.modules["f5_tts.model"]
+import tts_inference.engine.f5 as engine
+assert sys.modules["f5_tts.model"] is real and "Trainer" in vars(real)
+assert engine.CFM is real.CFM and engine.DiT is real.DiT
+print("ok")
+"""
+    assert _python(code).split() == ["ok"]
 
 
 # F5Engine on the tiny model.

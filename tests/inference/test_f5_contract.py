@@ -18,12 +18,15 @@ download.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import inspect
 import os
 import re
 from collections.abc import Callable, Iterator
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -228,3 +231,31 @@ def test_checkpoint_key_layout() -> None:
     assert hashlib.sha256(lines.encode()).hexdigest() == LAYOUT_SHA256, (
         "f5-tts's DiT/CFM changed its state dict: published F5TTS_v1_Base checkpoints may not load"
     )
+
+
+def test_the_model_package_exports() -> None:
+    """engine.f5_package.EXPORTS: what f5_tts/model/__init__.py binds, and from where.
+
+    The engine never runs that __init__.py (its Trainer imports wandb and datasets);
+    the package object it registers instead resolves these names on demand.
+    """
+    from tts_inference.engine.f5_package import EXPORTS
+
+    spec = importlib.util.find_spec("f5_tts.model")
+    assert spec is not None
+    assert spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text())
+    bound: dict[str, str] = {}
+    exported: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            assert node.module is not None
+            assert node.module.startswith("f5_tts.model."), ast.unparse(node)
+            for alias in node.names:
+                bound[alias.asname or alias.name] = node.module.removeprefix("f5_tts.model.")
+        elif isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "__all__":
+            exported = ast.literal_eval(node.value)
+        else:
+            raise AssertionError(f"f5_tts/model/__init__.py now also runs {ast.unparse(node)!r}")
+    assert bound == EXPORTS
+    assert sorted(exported) == sorted(EXPORTS)

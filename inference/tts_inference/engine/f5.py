@@ -50,10 +50,6 @@ from torch.nn.utils.rnn import pad_sequence
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from f5_tts.infer import utils_infer
-from f5_tts.model import CFM, DiT
-from f5_tts.model import utils as f5_utils
-
 from tts_inference.engine.base import (
     SAMPLE_RATE,
     Audio,
@@ -62,11 +58,19 @@ from tts_inference.engine.base import (
     SynthesisRequest,
     Voice,
 )
+from tts_inference.engine.f5_package import import_f5
 from tts_inference.tiny_model import (
     VOCODER_CONFIG_NAME,
     VOCODER_WEIGHTS_NAME,
     load_config,
 )
+
+# f5-tts's own modules, imported without f5_tts/model/__init__.py (its Trainer pulls in
+# wandb and datasets, which the inference image leaves out): see engine/f5_package.py.
+utils_infer = import_f5("f5_tts.infer.utils_infer")
+f5_utils = import_f5("f5_tts.model.utils")
+CFM = import_f5("f5_tts.model.cfm").CFM
+DiT = import_f5("f5_tts.model.backbones.dit").DiT
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
