@@ -17,7 +17,6 @@ import contextlib
 import hmac
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -391,8 +390,6 @@ def build_app(
     on_failure: Callable[[str], None] | None = None,
     transcriber_factory: Callable[[ServerSettings], Transcriber | None] = default_transcriber,
 ) -> FastAPI:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     state = ServerState(settings, ServerMetrics(), on_failure=on_failure)
     state.idle.set()
 

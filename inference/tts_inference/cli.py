@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tts_inference.serve",
         "run the OpenAI-compatible speech server on a synced model folder",
     ),
+    "run-job": (
+        "tts_inference.runjob",
+        "run one batch TTSJob: synthesize a text (or this pod's part of it) into the bucket",
+    ),
     "make-tiny-model": (
         "tts_inference.tiny_model",
         "write a tiny random-weight F5-TTS model and vocoder (it speaks noise; for tests and demos)",
@@ -42,7 +46,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(
         prog="tts-inference",
-        description="F5-TTS on a warm cache: sync, flash_attn install, publish, serve.",
+        description="F5-TTS on a warm cache: sync, flash_attn install, publish, serve, run-job.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

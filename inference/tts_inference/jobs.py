@@ -28,6 +28,25 @@ server stopped, or its heartbeats went stale): it is reported failed with
 ``retryable: true``, and a POST with the same key runs it again (``attempts``
 counts the runs), which cannot produce a second output because the first
 never wrote one.
+
+One pipeline, two callers. The server submits jobs as tasks; ``tts-inference
+run-job`` (a batch TTSJob pod) runs one job in the foreground through the same
+``JobManager``: ``prepare`` (validation), ``finished`` (idempotency),
+``gather`` (text and voice, before any model is loaded) and ``run``. A job's
+voice is a registered voice's name or its own reference clip
+(``{"refAudio", "refText"}``, see ``VoiceStore.reference``).
+
+Parts. A run-job pod of an Indexed Job with N pods (``parts``) splits the
+whole text into the same chunk list as every other pod, synthesizes its
+contiguous share (part I gets chunks ``[I*n//N, (I+1)*n//N)``, each with seed
+``seed + global chunk index``), cross-faded but not clipped, and uploads it as
+a float32 wav to ``<output key>.parts/<I>-of-<N>.wav``, tagged with the
+request's fingerprint and the chunk plan's digest. It then lists the parts:
+when all N of this request are there it joins them in order with the same
+cross-fade as between chunks (so the result equals a one-part run), encodes
+the requested format, uploads the output and its result record and deletes the
+parts; otherwise it leaves the join to the pod that finishes last. A part that
+exists with the same fingerprint is never synthesized again.
 """
 
 from __future__ import annotations
@@ -48,16 +67,25 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
+import boto3.exceptions
+import botocore.exceptions
 import numpy as np
 import soundfile as sf  # type: ignore[import-untyped]
 
 from tts_inference import audio
-from tts_inference.engine.base import Audio, SynthesisParams, SynthesisRequest
+from tts_inference.cache.store import describe, error_code, http_status, is_fatal
+from tts_inference.engine.base import (
+    SAMPLE_RATE,
+    Audio,
+    SynthesisParams,
+    SynthesisRequest,
+    Voice,
+)
 from tts_inference.errors import BadRequest, Unavailable
 from tts_inference.metrics import JOB_STATES, ServerMetrics
-from tts_inference.objects import ObjectError, ObjectStore, S3Uri, allowed_uri
+from tts_inference.objects import Head, ObjectError, ObjectStore, S3Uri, allowed_uri
 from tts_inference.protocol import (
     JOB_FORMATS,
     TERMINAL_STATES,
@@ -66,7 +94,7 @@ from tts_inference.protocol import (
 )
 from tts_inference.queue import JOB, QueueFull
 from tts_inference.serving import SpeechService, StreamJoiner
-from tts_inference.voices import DEFAULT, valid_name
+from tts_inference.voices import DEFAULT, VoiceStore, valid_name
 
 log = logging.getLogger("tts_inference.jobs")
 
@@ -74,6 +102,8 @@ T = TypeVar("T")
 
 MIB = 1024 * 1024
 RESULT_SUFFIX = ".tts-job.json"
+PARTS_SUFFIX = ".parts/"
+JOIN_BLOCK = 1 << 20  # samples read from a part at a time while joining
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg"}
 MAX_KEY_CHARS = 255
 INTERRUPTED = (
@@ -91,6 +121,32 @@ def job_id_for(key: str | None) -> str:
 
 def valid_job_id(job_id: str) -> bool:
     return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+
+
+def parts_prefix(output: S3Uri) -> S3Uri:
+    """Where the parts of a split job live: ``<output key>.parts/``."""
+    return S3Uri(output.bucket, output.key + PARTS_SUFFIX)
+
+
+def part_uri(output: S3Uri, part: int, parts: int) -> S3Uri:
+    """Part ``part`` of ``parts``: ``<output key>.parts/<part>-of-<parts>.wav``."""
+    return S3Uri(output.bucket, f"{output.key}{PARTS_SUFFIX}{part}-of-{parts}.wav")
+
+
+def share(n: int, part: int, parts: int) -> tuple[int, int]:
+    """The contiguous chunk range [lo, hi) part ``part`` of ``parts`` synthesizes."""
+    return part * n // parts, (part + 1) * n // parts
+
+
+def plan_digest(chunks: list[SynthesisRequest]) -> str:
+    """What every part must agree on: the chunk texts, their seeds and parameters."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        p = chunk.params
+        digest.update(
+            f"{chunk.text}\0{p.seed}\0{p.speed}\0{p.nfe_step}\0{p.cfg_strength}\0".encode()
+        )
+    return digest.hexdigest()
 
 
 def _iso(ts: float | None = None) -> str:
@@ -131,11 +187,14 @@ class JobSettings:
 
 
 class JobFailed(Exception):
-    """Why a job failed, in words for its status; ``retryable`` when running it again may work."""
+    """Why a job failed, in words for its status; ``retryable`` when running it again may work;
+    ``permanent`` when the input is wrong (a bad or missing object, an unknown voice, empty
+    text): no run of the same request can succeed (run-job exits 2)."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, permanent: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.permanent = permanent
 
 
 @dataclass
@@ -144,6 +203,9 @@ class Job:
     request: JobRequest
     output: S3Uri
     text_uri: S3Uri | None
+    ref_uri: S3Uri | None = None  # the job's own reference clip
+    part: int = 0  # this pod's share of a job split over ``parts`` pods (run-job)
+    parts: int = 1
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     task: asyncio.Task[None] | None = None
@@ -152,24 +214,52 @@ class Job:
     seq: int = 0
     written_seq: int = -1
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    # gathered inputs (run-job gathers them before it loads the model)
+    text: str | None = None
+    voice: Voice | None = None
+    part_checked: bool = False
+    part_head: Head | None = None  # this part, already in the bucket for this request
+    # the outcome
+    permanent: bool = False
+    joined: bool = True  # False: this part is uploaded, another pod joins the output
+    chunks_all: int = 0  # chunks of the whole text (every part)
 
     @property
     def terminal(self) -> bool:
         return self.status.state in TERMINAL_STATES
 
 
-class AudioSink:
-    """Cross-faded chunks into a file as they arrive: wav/flac by soundfile, mp3/opus by ffmpeg."""
+class Joiner(StreamJoiner):
+    """StreamJoiner that can also continue the current piece without a fade (``extend``), so a
+    long piece can be pushed in blocks: its first block with ``push``, the rest with ``extend``."""
 
-    def __init__(self, path: str, fmt: str, sample_rate: int) -> None:
-        self.joiner = StreamJoiner(sample_rate)
+    def extend(self, samples: Audio) -> Audio:
+        if self.tail is None:
+            return self.push(samples)
+        body = np.concatenate([self.tail, samples])
+        keep = min(self.fade, len(body))
+        self.tail = body[len(body) - keep :]
+        return body[: len(body) - keep].astype(np.float32, copy=False)
+
+
+class AudioSink:
+    """Cross-faded chunks into a file as they arrive: wav/flac by soundfile, mp3/opus by ffmpeg.
+
+    ``lossless`` (wav only): float32 samples, not clipped, for a part that is joined later.
+    """
+
+    def __init__(self, path: str, fmt: str, sample_rate: int, *, lossless: bool = False) -> None:
+        self.joiner = Joiner(sample_rate)
+        self.sample_rate = sample_rate
         self.samples = 0
+        self.lossless = lossless and fmt == "wav"
         self._file: Any = None
         self._encoder: audio.StreamEncoder | None = None
         self._out: Any = None
         if fmt in ("wav", "flac"):
+            subtype = "FLOAT" if self.lossless else "PCM_16"
             self._file = sf.SoundFile(
-                path, "w", sample_rate, 1, format=fmt.upper(), subtype="PCM_16"
+                path, "w", sample_rate, 1, format=fmt.upper(), subtype=subtype
             )
         else:
             self._encoder = audio.open_stream(fmt, sample_rate)
@@ -178,15 +268,43 @@ class AudioSink:
     def _write(self, samples: Audio) -> None:
         if not len(samples):
             return
-        samples = np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
+        if not self.lossless:
+            samples = np.clip(samples, -1.0, 1.0)
+        samples = samples.astype(np.float32, copy=False)
         if self._file is not None:
             self._file.write(samples)
         elif self._encoder is not None:
             self._out.write(self._encoder.feed(samples))
         self.samples += len(samples)
 
-    def push(self, wave: Audio) -> None:
-        self._write(self.joiner.push(wave))
+    def push(self, wave: Audio, *, continues: bool = False) -> None:
+        """The next chunk, cross-faded with what came before; or, with ``continues``, more of
+        the current one (no fade)."""
+        self._write(self.joiner.extend(wave) if continues else self.joiner.push(wave))
+
+    def push_file(self, path: str) -> None:
+        """A whole wav file as one chunk, read in blocks (memory stays flat). Blocking."""
+        with sf.SoundFile(path) as part:
+            if part.samplerate != self.sample_rate or part.channels != 1:
+                raise JobFailed(
+                    f"a part is {part.channels} channel(s) at {part.samplerate} Hz; "
+                    f"expected mono at {self.sample_rate} Hz",
+                    retryable=True,
+                )
+            # The fade with what came before needs the part's first ``fade`` samples at once.
+            head: list[Audio] = []
+            started = False
+            for block in part.blocks(blocksize=JOIN_BLOCK, dtype="float32"):
+                samples = np.asarray(block, dtype=np.float32).reshape(-1)
+                if started:
+                    self.push(samples, continues=True)
+                    continue
+                head.append(samples)
+                if sum(len(h) for h in head) >= self.joiner.fade:
+                    self.push(np.concatenate(head))
+                    started = True
+            if not started and head:
+                self.push(np.concatenate(head))
 
     def close(self) -> None:
         self._write(self.joiner.flush())
@@ -207,14 +325,27 @@ class AudioSink:
 
 
 class JobManager:
+    """Jobs: validated, made idempotent, fed through the queue's JOB lane, uploaded whole.
+
+    ``service`` (engine, queue, defaults) may be given later: run-job checks a job's
+    inputs with ``voices`` and ``objects`` alone before it loads the model.
+    """
+
     def __init__(
         self,
-        service: SpeechService,
+        service: SpeechService | None,
         objects: ObjectStore | None,
         settings: JobSettings,
         metrics: ServerMetrics,
+        *,
+        voices: VoiceStore | None = None,
     ) -> None:
+        if voices is None:
+            if service is None:
+                raise ValueError("a JobManager needs a SpeechService or a VoiceStore")
+            voices = service.voices
         self.service = service
+        self.voices = voices
         self.objects = objects
         self.settings = settings
         self.metrics = metrics
@@ -226,7 +357,15 @@ class JobManager:
 
     # ------------------------------------------------------------------ validation
 
-    def _check(self, req: JobRequest, job_id: str) -> tuple[S3Uri, str, S3Uri | None]:
+    def _speech(self) -> SpeechService:
+        if self.service is None:
+            raise RuntimeError("the job manager has no speech service (no model loaded)")
+        return self.service
+
+    def _rate(self) -> int:
+        return self.service.engine.sample_rate if self.service is not None else SAMPLE_RATE
+
+    def _check(self, req: JobRequest, job_id: str) -> tuple[S3Uri, str, S3Uri | None, S3Uri | None]:
         allowed = self.settings.allowed_buckets
         try:
             out = allowed_uri(req.output.uri, "output.uri", allowed)
@@ -251,9 +390,20 @@ class JobManager:
                 f"text is {len(req.text)} characters; the limit is {self.settings.max_text_chars}",
                 "text",
             )
-        if req.voice != DEFAULT and not valid_name(req.voice):
-            raise BadRequest(f"invalid voice name {req.voice!r}", "voice")
-        return out, fmt, text_uri
+        ref_uri = None
+        if isinstance(req.voice, str):
+            if req.voice != DEFAULT and not valid_name(req.voice):
+                raise BadRequest(f"invalid voice name {req.voice!r}", "voice")
+        else:
+            try:
+                ref_uri = allowed_uri(req.voice.ref_audio, "voice.refAudio", allowed)
+            except ValueError as exc:
+                raise BadRequest(str(exc), "voice.refAudio") from None
+            if not ref_uri.key or ref_uri.key.endswith("/"):
+                raise BadRequest(
+                    "voice.refAudio must name an object, not a prefix", "voice.refAudio"
+                )
+        return out, fmt, text_uri, ref_uri
 
     @staticmethod
     def _fingerprint(req: JobRequest) -> str:
@@ -261,6 +411,37 @@ class JobManager:
         return hashlib.sha256(body.encode()).hexdigest()
 
     # ------------------------------------------------------------------ API
+
+    def prepare(
+        self,
+        req: JobRequest,
+        key: str | None = None,
+        *,
+        job_id: str | None = None,
+        part: int = 0,
+        parts: int = 1,
+    ) -> Job:
+        """A validated job, not started (BadRequest for what is wrong with the request).
+
+        ``job_id`` defaults to the one derived from ``key``; an output ending in "/"
+        becomes ``<prefix><job_id>.<format>``.
+        """
+        if not 0 <= part < parts:
+            raise BadRequest(f"part {part} of {parts}: the index must be 0 to {parts - 1}", "part")
+        job_id = job_id or job_id_for(key)
+        output, fmt, text_uri, ref_uri = self._check(req, job_id)
+        status = JobStatus(
+            id=job_id,
+            state="queued",
+            idempotency_key=key,
+            voice=req.voice_label(),
+            format=fmt,
+            output_uri=str(output),
+            created_at=_iso(),
+            owner=self.settings.owner,
+            fingerprint=self._fingerprint(req),
+        )
+        return Job(status, req, output, text_uri, ref_uri=ref_uri, part=part, parts=parts)
 
     async def submit(self, req: JobRequest, key: str | None) -> tuple[JobStatus, bool]:
         """Accept a job (or find the one with this key); returns (status, created)."""
@@ -271,15 +452,13 @@ class JobManager:
                 f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable ASCII characters",
                 "Idempotency-Key",
             )
-        job_id = job_id_for(key)
-        output, fmt, text_uri = self._check(req, job_id)
-        fingerprint = self._fingerprint(req)
-        attempts = 1
+        job = self.prepare(req, key)
+        job_id, fingerprint, status = job.status.id, job.status.fingerprint, job.status
         async with self._submit_lock:
             existing = self._jobs.get(job_id)
             found = existing.status if existing is not None else None
             if found is None and key is not None:
-                found = await asyncio.to_thread(self._lookup, job_id, output)
+                found = await asyncio.to_thread(self._lookup, job_id, job.output)
             if found is not None:
                 if found.fingerprint and found.fingerprint != fingerprint:
                     raise BadRequest(
@@ -290,9 +469,9 @@ class JobManager:
                     )
                 if not (found.state == "failed" and found.retryable):
                     if existing is None:  # remember what the bucket said
-                        self._remember_record(found, req, output, text_uri)
+                        self._remember_record(found, job)
                     return found.model_copy(deep=True), False
-                attempts = found.attempts + 1
+                status.attempts = found.attempts + 1
             active = sum(1 for j in self._jobs.values() if not j.terminal)
             if active >= self.settings.max_pending:
                 raise BadRequest(
@@ -300,26 +479,95 @@ class JobManager:
                     f"{self.settings.max_pending}: retry later",
                     status=429,
                 )
-            status = JobStatus(
-                id=job_id,
-                state="queued",
-                idempotency_key=key,
-                voice=req.voice,
-                format=fmt,
-                output_uri=str(output),
-                attempts=attempts,
-                created_at=_iso(),
-                owner=self.settings.owner,
-                fingerprint=fingerprint,
-            )
-            job = Job(status, req, output, text_uri)
+            if job.ref_uri is not None and not isinstance(req.voice, str):
+                # A clip that cannot be used refuses the job now (a 4xx); one the bucket
+                # cannot serve right now is met again, and reported, by the job itself.
+                with contextlib.suppress(Unavailable):
+                    await asyncio.to_thread(
+                        self.voices.reference, job.ref_uri, req.voice.ref_text, transcribe=False
+                    )
+            status.created_at = _iso()
+            job.created = time.monotonic()
             self._jobs[job_id] = job
             self._jobs.move_to_end(job_id)
             self._evict()
             self._count_states()
             job.task = asyncio.create_task(self._run(job), name=f"job-{job_id}")
-        log.info("job %s accepted (attempt %d) -> %s", job_id, attempts, output)
+        log.info("job %s accepted (attempt %d) -> %s", job_id, status.attempts, job.output)
         return status.model_copy(deep=True), True
+
+    async def finished(self, job: Job) -> JobStatus | None:
+        """The result of an earlier run of this same request when its output exists (so it
+        must not run again); JobFailed (permanent) when the output holds another request's
+        audio under the same job id."""
+        found = await asyncio.to_thread(self._result_beside, job.status.id, job.output)
+        if found is None:
+            return None
+        if found.fingerprint and found.fingerprint != job.status.fingerprint:
+            raise JobFailed(
+                f"{job.output} already holds the audio of a different request for job "
+                f"{job.status.id}: delete it (and its {RESULT_SUFFIX}) or choose another output",
+                permanent=True,
+            )
+        return found
+
+    def check_output(self, job: Job) -> None:
+        """Whether the output's bucket is there and readable, before any work (blocking).
+
+        Reads the result record's key (usually absent): a missing bucket or a denied
+        key fails permanently, other errors are worth a retry.
+        """
+        if self.objects is None:
+            raise JobFailed("no bucket access for the output", permanent=True)
+        uri = S3Uri(job.output.bucket, job.output.key + RESULT_SUFFIX)
+        try:
+            self.objects.client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].close()
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            if error_code(exc) != "NoSuchKey":
+                self._output_error(job, uri, exc)
+        if job.parts > 1:  # the parts are listed to find out whether all are there
+            prefix = parts_prefix(job.output)
+            try:
+                self.objects.client.list_objects_v2(
+                    Bucket=prefix.bucket, Prefix=prefix.key, MaxKeys=1
+                )
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                self._output_error(job, prefix, exc)
+
+    @staticmethod
+    def _output_error(job: Job, uri: S3Uri, exc: Exception) -> NoReturn:
+        if error_code(exc) == "NoSuchBucket":
+            raise JobFailed(
+                f"the output bucket {job.output.bucket!r} does not exist ({describe(exc, uri)})",
+                permanent=True,
+            ) from None
+        fatal = is_fatal(exc)
+        raise JobFailed(
+            f"could not use the output {job.output}: {describe(exc, uri)}",
+            retryable=not fatal,
+            permanent=fatal,
+        ) from None
+
+    async def gather(self, job: Job) -> None:
+        """The job's text and voice, and for a part whether it is already uploaded: all
+        that needs no model, so run-job checks its inputs before loading one. JobFailed."""
+        if job.text is None:
+            text = job.request.text
+            if job.text_uri is not None:
+                text = await asyncio.to_thread(self._read_text, job.text_uri)
+            assert text is not None
+            job.text = text.strip()
+        if job.voice is None:
+            job.voice = await asyncio.to_thread(self._voice, job)
+        if job.parts > 1 and not job.part_checked:
+            job.part_head = await asyncio.to_thread(self._part_done, job)
+            job.part_checked = True
+
+    async def run(self, job: Job) -> None:
+        """Run a prepared job here, to its end (run-job); the outcome is in ``job.status``."""
+        self._jobs[job.status.id] = job
+        job.task = asyncio.current_task()
+        await self._run(job)
 
     async def get(self, job_id: str) -> JobStatus:
         job = self._jobs.get(job_id) if valid_job_id(job_id) else None
@@ -382,12 +630,12 @@ class JobManager:
 
     # ------------------------------------------------------------------ memory
 
-    def _remember_record(
-        self, status: JobStatus, req: JobRequest, output: S3Uri, text_uri: S3Uri | None
-    ) -> None:
+    def _remember_record(self, status: JobStatus, job: Job) -> None:
         if status.state not in TERMINAL_STATES:
             return  # running elsewhere: ask the bucket again next time
-        self._jobs[status.id] = Job(status.model_copy(deep=True), req, output, text_uri)
+        self._jobs[status.id] = Job(
+            status.model_copy(deep=True), job.request, job.output, job.text_uri, ref_uri=job.ref_uri
+        )
         self._evict()
 
     def _evict(self) -> None:
@@ -489,6 +737,7 @@ class JobManager:
                 output_uri=str(output),
                 audio_seconds=float(seconds) if seconds else None,
                 progress=1.0,
+                fingerprint=head.metadata.get("tts-fingerprint"),
             )
         return None
 
@@ -496,8 +745,9 @@ class JobManager:
 
     async def _run(self, job: Job) -> None:
         status = job.status
+        voice = job.request.voice
         try:
-            with self.service.voices.hold(job.request.voice):
+            with self.voices.hold(voice) if isinstance(voice, str) else contextlib.nullcontext():
                 await self._run_held(job)
         except asyncio.CancelledError:
             if job.cancel_reason == "cancelled":
@@ -507,6 +757,7 @@ class JobManager:
                 self._fail(job, INTERRUPTED, retryable=True)
         except JobFailed as exc:
             self._fail(job, str(exc), retryable=exc.retryable)
+            job.permanent = exc.permanent
         except Exception as exc:
             log.exception("job %s failed", status.id)
             self._fail(job, f"{type(exc).__name__}: {exc}")
@@ -580,43 +831,49 @@ class JobManager:
 
     def _read_text(self, uri: S3Uri) -> str:
         if self.objects is None:
-            raise JobFailed("this server has no bucket access for textUri")
+            raise JobFailed("this server has no bucket access for textUri", permanent=True)
         try:
             data = self.objects.get_bytes(uri, self.settings.max_text_bytes)
         except ObjectError as exc:
             raise JobFailed(
-                f"could not read textUri {uri}: {exc}", retryable=not exc.fatal
+                f"could not read textUri {uri}: {exc}",
+                retryable=not exc.fatal,
+                permanent=exc.fatal,
             ) from None
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise JobFailed(f"textUri {uri} is not UTF-8 text: {exc}") from None
+            raise JobFailed(f"textUri {uri} is not UTF-8 text: {exc}", permanent=True) from None
         if not text.strip():
-            raise JobFailed(f"textUri {uri} holds no text")
+            raise JobFailed(f"textUri {uri} holds no text", permanent=True)
         if len(text) > self.settings.max_text_chars:
             raise JobFailed(
                 f"textUri {uri} holds {len(text)} characters; the limit is "
-                f"{self.settings.max_text_chars}"
+                f"{self.settings.max_text_chars}",
+                permanent=True,
             )
         return text
 
-    async def _execute(self, job: Job) -> None:
-        status, req = job.status, job.request
-        service = self.service
-        started = time.monotonic()
-        text = req.text
-        if job.text_uri is not None:
-            text = await asyncio.to_thread(self._read_text, job.text_uri)
-        assert text is not None
-        voices = service.voices
+    def _voice(self, job: Job) -> Voice:
+        """The registered voice, or the job's own clip, prepared (blocking)."""
+        voice = job.request.voice
+        voices = self.voices
         try:
-            voice = voices.cached(req.voice)
-            if voice is None:
-                voice = await asyncio.to_thread(voices.get, req.voice)
+            if isinstance(voice, str):
+                return voices.cached(voice) or voices.get(voice)
+            assert job.ref_uri is not None
+            return voices.reference(job.ref_uri, voice.ref_text)
         except BadRequest as exc:
-            raise JobFailed(str(exc)) from None
+            raise JobFailed(str(exc), permanent=True) from None
         except Unavailable as exc:
             raise JobFailed(str(exc), retryable=True) from None
+
+    async def _plan(self, job: Job) -> list[SynthesisRequest]:
+        """The whole text as chunk requests, as F5-TTS splits it; chunk i gets seed + i."""
+        service = self._speech()
+        req, text, voice = job.request, job.text, job.voice
+        assert text is not None
+        assert voice is not None
         defaults = service.defaults
         params = SynthesisParams(
             speed=req.params.speed,
@@ -625,8 +882,8 @@ class JobManager:
             if req.params.cfg_strength is None
             else req.params.cfg_strength,
         )
-        pieces = await asyncio.to_thread(service.engine.split_text, text.strip(), voice, params)
-        pieces = [p for p in pieces if p.strip()] or [text.strip()]
+        pieces = await asyncio.to_thread(service.engine.split_text, text, voice, params)
+        pieces = [p for p in pieces if p.strip()] or [text]
         seed = req.params.seed
         chunks = [
             SynthesisRequest(
@@ -636,25 +893,43 @@ class JobManager:
             )
             for i, piece in enumerate(pieces)
         ]
+        job.chunks_all = len(chunks)
+        return chunks
+
+    async def _render(
+        self, job: Job, chunks: list[SynthesisRequest], path: str, fmt: str, *, lossless: bool
+    ) -> int:
+        """Synthesize ``chunks`` into the file at ``path``; returns its length in samples."""
+        sink = AudioSink(path, fmt, self._rate(), lossless=lossless)
+        try:
+            t0 = time.monotonic()
+            await self._synthesize(job, chunks, sink)
+            t1 = time.monotonic()
+            await _finish_in_thread(sink.close)
+        except BaseException:
+            sink.abort()
+            raise
+        job.status.timings.synthesis_seconds = round(t1 - t0, 3)
+        job.status.timings.encode_seconds = round(time.monotonic() - t1, 3)
+        return sink.samples
+
+    async def _execute(self, job: Job) -> None:
+        status = job.status
+        started = time.monotonic()
+        await self.gather(job)
+        if job.parts > 1:
+            await self._execute_part(job, started)
+            return
+        chunks = await self._plan(job)
         status.chunks_total = len(chunks)
         status.timings.fetch_seconds = round(time.monotonic() - started, 3)
-        rate = service.engine.sample_rate
+        rate = self._rate()
         fmt = status.format or "wav"
         with tempfile.TemporaryDirectory(prefix="tts-job-") as tmp:
             path = os.path.join(tmp, f"output.{fmt}")
-            sink = AudioSink(path, fmt, rate)
-            try:
-                t0 = time.monotonic()
-                await self._synthesize(job, chunks, sink)
-                t1 = time.monotonic()
-                await _finish_in_thread(sink.close)
-            except BaseException:
-                sink.abort()
-                raise
-            status.timings.synthesis_seconds = round(t1 - t0, 3)
-            status.timings.encode_seconds = round(time.monotonic() - t1, 3)
-            seconds = sink.samples / rate
-            if sink.samples == 0:
+            samples = await self._render(job, chunks, path, fmt, lossless=False)
+            seconds = samples / rate
+            if samples == 0:
                 raise JobFailed("the text produced no audio")
             # From here the job finishes truthfully whatever happens: no cancelling an upload.
             job.publishing = True
@@ -663,20 +938,199 @@ class JobManager:
             status.timings.upload_seconds = round(time.monotonic() - t2, 3)
         assert job.started is not None
         elapsed = time.monotonic() - job.started
+        self._succeeded(job, seconds, round(elapsed / seconds, 4) if seconds > 0 else None)
+        self.metrics.audio_seconds.labels(fmt).inc(seconds)
+        await _finish_in_thread(self._write_result, job)
+
+    def _succeeded(self, job: Job, seconds: float, rtf: float | None) -> None:
+        status = job.status
         status.state = "succeeded"
         status.audio_seconds = round(seconds, 3)
-        status.rtf = round(elapsed / seconds, 4) if seconds > 0 else None
+        status.rtf = rtf
         status.progress = 1.0
         status.completed_at = _iso()
         status.timings.total_seconds = round(time.monotonic() - job.created, 3)
         status.error = None
         status.retryable = False
-        self.metrics.audio_seconds.labels(fmt).inc(seconds)
+
+    # ------------------------------------------------------------------ parts (run-job)
+
+    def _part_done(self, job: Job) -> Head | None:
+        """This part in the bucket, made for this same request; None when it must be made."""
+        assert self.objects is not None
+        uri = part_uri(job.output, job.part, job.parts)
+        try:
+            head = self.objects.head(uri)
+        except ObjectError as exc:
+            raise JobFailed(
+                f"could not check part {uri}: {exc}", retryable=not exc.fatal, permanent=exc.fatal
+            ) from None
+        if head is None or head.metadata.get("tts-fingerprint") != job.status.fingerprint:
+            return None
+        return head
+
+    async def _execute_part(self, job: Job, started: float) -> None:
+        """Make this pod's part (unless it exists), then join the output if every part is there."""
+        status = job.status
+        uri = part_uri(job.output, job.part, job.parts)
+        if job.part_head is not None:
+            log.info(
+                "job %s: part %s exists for this request; not synthesizing it again", status.id, uri
+            )
+            job.chunks_all = int(job.part_head.metadata.get("tts-chunks", "0") or 0)
+        else:
+            chunks = await self._plan(job)
+            lo, hi = share(len(chunks), job.part, job.parts)
+            status.chunks_total = hi - lo
+            status.timings.fetch_seconds = round(time.monotonic() - started, 3)
+            rate = self._rate()
+            with tempfile.TemporaryDirectory(prefix="tts-part-") as tmp:
+                path = os.path.join(tmp, "part.wav")
+                samples = await self._render(job, chunks[lo:hi], path, "wav", lossless=True)
+                assert job.started is not None
+                metadata = {
+                    "tts-job-id": status.id,
+                    "tts-fingerprint": status.fingerprint or "",
+                    "tts-plan": plan_digest(chunks),
+                    "tts-chunks": str(len(chunks)),
+                    "tts-part-chunks": str(hi - lo),
+                    "tts-audio-seconds": f"{samples / rate:.3f}",
+                    "tts-seconds": f"{time.monotonic() - job.started:.3f}",
+                }
+                t2 = time.monotonic()
+                await _finish_in_thread(
+                    self._upload_to, job, path, uri, "audio/wav", metadata, "job_part"
+                )
+                status.timings.upload_seconds = round(time.monotonic() - t2, 3)
+            log.info("job %s: part %d of %d uploaded to %s", status.id, job.part, job.parts, uri)
+        parts = await asyncio.to_thread(self._complete_parts, job)
+        if parts is None:
+            # Another pod joins, unless one already did (then our part is a leftover).
+            done = await asyncio.to_thread(self._result_beside, status.id, job.output)
+            if done is not None and done.fingerprint in (None, status.fingerprint):
+                await asyncio.to_thread(self.delete_parts, job.output)
+                self._adopt(job, done)
+                return
+            job.joined = False
+            status.state = "succeeded"
+            status.progress = 1.0
+            status.completed_at = _iso()
+            return
+        job.publishing = True
+        await _finish_in_thread(self._join, job, parts, swallow_cancel=True)
+        self.metrics.audio_seconds.labels(status.format or "wav").inc(status.audio_seconds or 0.0)
         await _finish_in_thread(self._write_result, job)
+        await asyncio.to_thread(self.delete_parts, job.output)
+
+    def _adopt(self, job: Job, done: JobStatus) -> None:
+        """Report the output another pod joined as this job's outcome."""
+        status = job.status
+        self._succeeded(job, done.audio_seconds or 0.0, done.rtf)
+        status.output_uri = done.output_uri or status.output_uri
+        job.chunks_all = done.chunks_total or job.chunks_all
+        job.joined = True
+
+    def _complete_parts(self, job: Job) -> list[tuple[S3Uri, Head]] | None:
+        """Every part of this request, in order, when all are in the bucket; else None."""
+        assert self.objects is not None
+        try:
+            keys = set(self.objects.list_keys(parts_prefix(job.output)))
+        except ObjectError as exc:
+            raise JobFailed(
+                f"could not list the parts under {parts_prefix(job.output)}: {exc}",
+                retryable=not exc.fatal,
+                permanent=exc.fatal,
+            ) from None
+        wanted = [part_uri(job.output, i, job.parts) for i in range(job.parts)]
+        if any(uri.key not in keys for uri in wanted):
+            return None
+        found: list[tuple[S3Uri, Head]] = []
+        for uri in wanted:
+            try:
+                head = self.objects.head(uri)
+            except ObjectError as exc:
+                raise JobFailed(f"could not check part {uri}: {exc}", retryable=True) from None
+            if head is None or head.metadata.get("tts-fingerprint") != job.status.fingerprint:
+                return None  # gone (joined meanwhile) or left by another request: not ours yet
+            found.append((uri, head))
+        if len({head.metadata.get("tts-plan") for _, head in found}) > 1:
+            raise JobFailed(
+                "the parts split the text differently (their reference transcripts differ?): "
+                "give refText so every pod plans the same chunks",
+                permanent=True,
+            )
+        return found
+
+    def _join(self, job: Job, parts: list[tuple[S3Uri, Head]]) -> None:
+        """Download every part, join them with the chunk cross-fade, encode, upload (blocking)."""
+        status = job.status
+        fmt = status.format or "wav"
+        rate = self._rate()
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="tts-join-") as tmp:
+            files = []
+            for i, (uri, _) in enumerate(parts):
+                path = os.path.join(tmp, f"{i}.wav")
+                try:
+                    self._download(uri, path)
+                except ObjectError as exc:
+                    done = self._result_beside(status.id, job.output) if exc.missing else None
+                    if done is not None:  # another pod joined and removed the parts meanwhile
+                        self._adopt(job, done)
+                        return
+                    raise JobFailed(f"could not read part {uri}: {exc}", retryable=True) from None
+                files.append(path)
+            out = os.path.join(tmp, f"output.{fmt}")
+            sink = AudioSink(out, fmt, rate)
+            try:
+                for path in files:
+                    sink.push_file(path)
+                sink.close()
+            except BaseException:
+                sink.abort()
+                raise
+            if sink.samples == 0:
+                raise JobFailed("the text produced no audio")
+            seconds = sink.samples / rate
+            status.timings.encode_seconds = round(time.monotonic() - t0, 3)
+            t1 = time.monotonic()
+            self._upload(job, out, seconds)
+            status.timings.upload_seconds = round(time.monotonic() - t1, 3)
+        work = sum(float(head.metadata.get("tts-seconds", "0") or 0) for _, head in parts)
+        chunks = parts[0][1].metadata.get("tts-chunks", "0") or "0"
+        job.chunks_all = int(chunks)
+        status.chunks_total = job.chunks_all
+        self._succeeded(job, seconds, round(work / seconds, 4) if seconds > 0 else None)
+        job.joined = True
+        log.info("job %s: %d parts joined into %s", status.id, len(parts), job.output)
+
+    def _download(self, uri: S3Uri, path: str) -> None:
+        assert self.objects is not None
+        try:
+            self.objects.client.download_file(uri.bucket, uri.key, path)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise ObjectError(
+                describe(exc, uri),
+                fatal=is_fatal(exc),
+                missing=http_status(exc) == 404 or error_code(exc) in {"NoSuchKey", "NotFound"},
+            ) from None
+        except (boto3.exceptions.Boto3Error, OSError) as exc:
+            raise ObjectError(f"downloading {uri} failed: {exc}") from None
+
+    def delete_parts(self, output: S3Uri) -> None:
+        """Remove every part of this output (best effort: a leftover is only storage)."""
+        if self.objects is None:
+            return
+        prefix = parts_prefix(output)
+        try:
+            for key in self.objects.list_keys(prefix):
+                self.objects.delete(S3Uri(prefix.bucket, key))
+        except ObjectError as exc:
+            log.warning("could not delete the parts under %s: %s", prefix, exc)
 
     async def _synthesize(self, job: Job, chunks: list[SynthesisRequest], sink: AudioSink) -> None:
         """Every chunk through the queue's JOB lane, at most ``window`` at a time, in order."""
-        queue = self.service.queue
+        queue = self._speech().queue
         status = job.status
         pending: dict[int, Any] = {}
         n = len(chunks)
@@ -720,28 +1174,43 @@ class JobManager:
 
     def _upload(self, job: Job, path: str, seconds: float) -> None:
         """Upload the audio to its final key, retrying; whole or not at all (blocking)."""
-        if self.objects is None:
-            raise JobFailed("this server has no bucket access for the output")
         status = job.status
-        fmt = status.format or "wav"
-        metadata = {"tts-job-id": status.id, "tts-audio-seconds": f"{seconds:.3f}"}
+        metadata = {
+            "tts-job-id": status.id,
+            "tts-audio-seconds": f"{seconds:.3f}",
+            "tts-fingerprint": status.fingerprint or "",
+        }
+        content_type = CONTENT_TYPES[status.format or "wav"]
+        self._upload_to(job, path, job.output, content_type, metadata, "job_output")
+
+    def _upload_to(
+        self,
+        job: Job,
+        path: str,
+        uri: S3Uri,
+        content_type: str,
+        metadata: dict[str, str],
+        what: str,
+    ) -> None:
+        if self.objects is None:
+            raise JobFailed("this server has no bucket access for the output", permanent=True)
         attempts = max(self.settings.upload_attempts, 1)
         for attempt in range(1, attempts + 1):
             try:
-                self.objects.upload_file(path, job.output, CONTENT_TYPES[fmt], metadata=metadata)
+                self.objects.upload_file(path, uri, content_type, metadata=metadata, what=what)
                 return
             except ObjectError as exc:
                 if exc.fatal or attempt == attempts:
-                    self._abort_leftovers(job.output)
+                    self._abort_leftovers(uri)
                     raise JobFailed(
-                        f"uploading the output to {job.output} failed after {attempt} "
-                        f"attempt(s): {exc}",
+                        f"uploading the output to {uri} failed after {attempt} attempt(s): {exc}",
                         retryable=not exc.fatal,
+                        permanent=exc.fatal,
                     ) from None
                 delay = self.settings.retry_backoff * 2 ** (attempt - 1)
                 log.warning(
                     "job %s: upload attempt %d failed (%s); retrying in %.1f s",
-                    status.id,
+                    job.status.id,
                     attempt,
                     exc,
                     delay,

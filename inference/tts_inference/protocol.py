@@ -13,9 +13,9 @@ never silently changes what runs.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic.alias_generators import to_camel
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -147,6 +147,35 @@ class JobParams(_JobModel):
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
 
 
+class RefVoice(_JobModel):
+    """A job's own reference clip instead of a registered voice."""
+
+    ref_audio: str = Field(
+        min_length=6,
+        max_length=1024,
+        description="s3://bucket/key of the reference clip (any format the server decodes).",
+    )
+    ref_text: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="The words spoken in the clip; without it the server transcribes the clip "
+        "when it has a speech recognition model, else the job is refused.",
+    )
+
+
+def _voice_kind(value: Any) -> str:
+    return "name" if isinstance(value, str) else "clip"
+
+
+#: A job's voice: a registered voice's name, or a clip of its own. Errors name the branch
+#: the value was read as ("voice.name: ..." or "voice.clip.refAudio: ..."), not both.
+JobVoice = Annotated[
+    Annotated[str, Field(min_length=1, max_length=64), Tag("name")]
+    | Annotated[RefVoice, Tag("clip")],
+    Discriminator(_voice_kind),
+]
+
+
 class JobRequest(_JobModel):
     text: str | None = Field(default=None, description="The text to speak (or textUri).")
     text_uri: str | None = Field(
@@ -154,9 +183,16 @@ class JobRequest(_JobModel):
         max_length=1024,
         description="s3://bucket/key of UTF-8 text in an allowed bucket.",
     )
-    voice: str = Field(default="default", min_length=1, max_length=64)
+    voice: JobVoice = Field(
+        default="default",
+        description="A registered voice's name, or {refAudio, refText?}: a clip of its own.",
+    )
     output: JobOutput
     params: JobParams = Field(default_factory=lambda: JobParams())
+
+    def voice_label(self) -> str:
+        """The voice as a job's status names it: its name, or the reference clip's URI."""
+        return self.voice if isinstance(self.voice, str) else self.voice.ref_audio
 
     @model_validator(mode="after")
     def _one_text(self) -> JobRequest:

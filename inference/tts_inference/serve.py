@@ -172,6 +172,9 @@ def _model_name(model_dir: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The server never downloads: hub access is off before anything can import a hub client.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

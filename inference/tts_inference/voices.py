@@ -18,6 +18,14 @@ came from the bucket are checked against it (a HEAD of voice.json) at most
 every ``revalidate_seconds``, so a voice deleted or replaced through another
 replica stops being served from a stale cache.
 
+A job may bring its own reference clip instead of a voice name
+(``reference``): an ``s3://`` object, prepared exactly as an uploaded voice
+(``prepare``). Prepared clips are cached by the sha256 of the clip's bytes,
+``/cache/voices/.clips/<sha256>/ref.wav`` (and ``asr.txt`` once transcribed),
+with an index from the object (URI, ETag, size) to that hash under
+``.clips/sources/``, so a replica fetches and prepares one clip once however
+many jobs use it; the hidden folder is never listed as a voice.
+
 Every method blocks (ffmpeg, the bucket, flock); the async layers call them
 through ``asyncio.to_thread``. ``cached`` is the non-blocking fast path.
 """
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -58,6 +67,8 @@ DEFAULT = "default"
 NAME_RULE = "1 to 64 letters, digits, '-' or '_', starting with a letter or digit"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 META = "voice.json"
+CLIPS = ".clips"  # under the voices folder: job-level reference clips by content hash
+CLIP_PARAM = "voice.refAudio"
 MIB = 1024 * 1024
 PROBE_RATE = 2000  # the cheap first decode that measures the duration
 
@@ -133,6 +144,10 @@ class VoiceStore:
         self._memory: OrderedDict[str, _Entry] = OrderedDict()
         self._holds: Counter[str] = Counter()
         self._lock = threading.Lock()
+        # Reference clips: content hash -> prepared audio; object (URI, ETag, size) -> hash.
+        self._clips: OrderedDict[str, Audio] = OrderedDict()
+        self._clip_sources: OrderedDict[str, str] = OrderedDict()
+        self._clip_texts: dict[str, str] = {}
 
     # ------------------------------------------------------------------ reading
 
@@ -398,7 +413,203 @@ class VoiceStore:
         except ObjectError as exc:
             raise Unavailable(f"could not check voice {name!r} in the bucket: {exc}") from None
 
+    # ------------------------------------------------------------------ job reference clips
+
+    def reference(self, uri: S3Uri, text: str | None = None, *, transcribe: bool = True) -> Voice:
+        """A job's own reference clip from the bucket, prepared as registered voices are.
+
+        The words spoken come from ``text``, else from the speech recognition model
+        (once per clip); with neither it is a 400. ``transcribe=False`` only checks
+        (fetches and prepares the clip, refuses a missing transcript when no model
+        could make one) and may return the voice with empty text. Errors: BadRequest
+        for what a retry cannot fix (bad or missing object, 403, undecodable audio),
+        Unavailable for the bucket failing otherwise.
+        """
+        text = (text or "").strip()
+        if len(text) > self.limits.max_text_chars:
+            raise BadRequest(
+                f"refText is {len(text)} characters; the limit is {self.limits.max_text_chars}",
+                "voice.refText",
+            )
+        digest, samples = self._clip(uri)
+        if not text:
+            text = self._clip_transcript(digest, samples, transcribe)
+        return Voice(f"clip-{digest[:12]}", samples, text)
+
+    def _clip_error(self, uri: S3Uri, exc: ObjectError) -> BadRequest | Unavailable:
+        if exc.fatal:
+            return BadRequest(f"could not read refAudio {uri}: {exc}", CLIP_PARAM)
+        return Unavailable(f"could not read refAudio {uri}: {exc}", CLIP_PARAM)
+
+    def _clips_dir(self) -> Path | None:
+        return self.voices_dir / CLIPS if self.voices_dir is not None else None
+
+    def _remember_clip(self, source: str, digest: str, samples: Audio) -> None:
+        with self._lock:
+            self._clips[digest] = samples
+            self._clips.move_to_end(digest)
+            while len(self._clips) > max(self.limits.memory_voices, 1):
+                self._clips.popitem(last=False)
+            self._clip_sources[source] = digest
+            self._clip_sources.move_to_end(source)
+            while len(self._clip_sources) > 16 * max(self.limits.memory_voices, 1):
+                self._clip_sources.popitem(last=False)
+
+    def _read_clip(self, digest: str) -> Audio | None:
+        folder = self._clips_dir()
+        if folder is None or not (folder / digest / "ref.wav").is_file():
+            return None
+        try:
+            return _read_wav(folder / digest / "ref.wav")
+        except (OSError, audio.AudioError) as exc:
+            log.warning("reference clip %s in the cache is unreadable: %s", digest[:12], exc)
+            return None
+
+    def _clip_from_cache(self, source: str) -> tuple[str, Audio] | None:
+        with self._lock:
+            digest = self._clip_sources.get(source)
+            samples = self._clips.get(digest) if digest is not None else None
+        if digest is not None and samples is not None:
+            return digest, samples
+        folder = self._clips_dir()
+        if folder is None:
+            return None
+        try:
+            digest = (folder / "sources" / source).read_text().strip()
+        except OSError:
+            return None
+        samples = self._read_clip(digest) if len(digest) == 64 else None
+        return (digest, samples) if samples is not None else None
+
+    def _clip(self, uri: S3Uri) -> tuple[str, Audio]:
+        """(sha256 of the clip's bytes, prepared audio): fetched and prepared once per cache."""
+        if self.objects is None:
+            raise BadRequest(
+                "this server has no bucket access for refAudio: start it with --allowed-buckets",
+                CLIP_PARAM,
+            )
+        try:
+            head = self.objects.head(uri)
+        except ObjectError as exc:
+            raise self._clip_error(uri, exc) from None
+        if head is None:
+            raise BadRequest(
+                f"could not read refAudio {uri}: 404 not found: check the bucket and key",
+                CLIP_PARAM,
+            )
+        if head.size > self.limits.max_upload_bytes:
+            raise BadRequest(
+                f"refAudio {uri} is {head.size} bytes; the limit is {self.limits.max_upload_bytes}",
+                CLIP_PARAM,
+            )
+        source = hashlib.sha256(f"{uri}\0{head.etag}\0{head.size}".encode()).hexdigest()
+        found = self._clip_from_cache(source)
+        if found is not None:
+            self._hit()
+            self._remember_clip(source, *found)
+            return found
+        with self._name_lock(f"clip-{source[:32]}"):
+            found = self._clip_from_cache(source)  # another process may have made it meanwhile
+            if found is None:
+                self._miss()
+                found = self._fetch_clip(uri, source)
+        self._remember_clip(source, *found)
+        return found
+
+    def _fetch_clip(self, uri: S3Uri, source: str) -> tuple[str, Audio]:
+        assert self.objects is not None
+        try:
+            data = self.objects.get_bytes(uri, self.limits.max_upload_bytes)
+        except ObjectError as exc:
+            raise self._clip_error(uri, exc) from None
+        digest = hashlib.sha256(data).hexdigest()
+        samples = self._read_clip(digest)
+        folder = self._clips_dir()
+        if samples is None:
+            wav = audio.encode(
+                self.prepare(data, CLIP_PARAM, f"refAudio {uri}: "), SAMPLE_RATE, "wav"
+            )
+            if folder is not None:
+                (folder / digest).mkdir(parents=True, exist_ok=True)
+                write_atomic(folder / digest / "ref.wav", wav)
+            # Every job reads the clip as the cache holds it (16-bit), whether or not there is one.
+            samples = np.ascontiguousarray(sf.read(io.BytesIO(wav), dtype="float32")[0])
+            log.info("reference clip %s prepared (%.2f s)", uri, len(samples) / SAMPLE_RATE)
+        if folder is not None:
+            (folder / "sources").mkdir(parents=True, exist_ok=True)
+            write_atomic(folder / "sources" / source, digest.encode())
+        return digest, samples
+
+    def _clip_transcript(self, digest: str, samples: Audio, transcribe: bool) -> str:
+        folder = self._clips_dir()
+        with self._lock:
+            text = self._clip_texts.get(digest, "")
+        if not text and folder is not None:
+            with contextlib.suppress(OSError):
+                text = (folder / digest / "asr.txt").read_text().strip()
+        if text:
+            return text
+        if self.transcriber is None:
+            raise BadRequest(
+                "refText is required: no speech recognition model is in the cache to "
+                "transcribe the reference clip (give the words spoken in it as refText)",
+                "voice.refText",
+            )
+        if not transcribe:
+            return ""
+        text = self._transcribe(samples)
+        with self._lock:
+            self._clip_texts[digest] = text
+        if folder is not None and (folder / digest).is_dir():
+            with contextlib.suppress(OSError):
+                write_atomic(folder / digest / "asr.txt", text.encode())
+        return text
+
     # ------------------------------------------------------------------ writing
+
+    def _check_size(self, data: bytes, param: str, subject: str = "the audio file") -> None:
+        if not data:
+            raise BadRequest(f"{subject} is empty (0 bytes)", param)
+        if len(data) > self.limits.max_upload_bytes:
+            raise BadRequest(
+                f"{subject} is {len(data)} bytes; the limit is {self.limits.max_upload_bytes}",
+                param,
+                413,
+            )
+
+    def prepare(self, data: bytes, param: str, prefix: str = "") -> Audio:
+        """Reference audio as every voice gets it: decoded, measured, converted to 24 kHz
+        mono, clipped to about 12 s and trimmed (refaudio.prepare_reference); a 4xx
+        (``prefix`` + what is wrong) for anything F5-TTS cannot use. Blocks (ffmpeg)."""
+        limits = self.limits
+        self._check_size(data, param, f"{prefix}the audio file" if prefix else "the audio file")
+        try:
+            probe = audio.decode(data, PROBE_RATE)
+        except audio.AudioError as exc:
+            raise BadRequest(
+                f"{prefix}the file is not audio this server can read "
+                f"(wav, flac, mp3, ogg/opus, m4a): {exc}",
+                param,
+            ) from None
+        seconds = len(probe) / PROBE_RATE
+        if seconds > limits.max_seconds:
+            raise BadRequest(
+                f"{prefix}the audio is too long: {seconds:.0f} s; the limit is "
+                f"{limits.max_seconds:.0f} s (F5-TTS uses at most 12 s of it; use a short clip)",
+                param,
+            )
+        samples = audio.decode(data, SAMPLE_RATE)
+        reference = prepare_reference(samples, SAMPLE_RATE)
+        if len(reference) == 0:
+            raise BadRequest(f"{prefix}the audio is silent: nothing above -42 dBFS", param)
+        speech = len(reference) / SAMPLE_RATE - 0.05
+        if speech < limits.min_speech_seconds:
+            raise BadRequest(
+                f"{prefix}the audio has only {max(speech, 0):.2f} s of sound; "
+                f"at least {limits.min_speech_seconds:.1f} s is needed",
+                param,
+            )
+        return reference
 
     def create(self, name: str, data: bytes, text: str = "") -> dict[str, Any]:
         """Validate, convert, trim and persist a new voice; 4xx with a reason, nothing stored on error."""
@@ -411,14 +622,7 @@ class VoiceStore:
                 "name",
             )
         limits = self.limits
-        if not data:
-            raise BadRequest("the audio file is empty (0 bytes)", "file")
-        if len(data) > limits.max_upload_bytes:
-            raise BadRequest(
-                f"the audio file is {len(data)} bytes; the limit is {limits.max_upload_bytes}",
-                "file",
-                413,
-            )
+        self._check_size(data, "file")
         text = text.strip()
         if len(text) > limits.max_text_chars:
             raise BadRequest(
@@ -426,31 +630,7 @@ class VoiceStore:
             )
         if self._exists(name):
             raise BadRequest(f"voice {name!r} already exists; delete it first", "name", 409)
-        try:
-            probe = audio.decode(data, PROBE_RATE)
-        except audio.AudioError as exc:
-            raise BadRequest(
-                f"the file is not audio this server can read (wav, flac, mp3, ogg/opus, m4a): {exc}",
-                "file",
-            ) from None
-        seconds = len(probe) / PROBE_RATE
-        if seconds > limits.max_seconds:
-            raise BadRequest(
-                f"the audio is too long: {seconds:.0f} s; the limit is {limits.max_seconds:.0f} s "
-                "(F5-TTS uses at most 12 s of it; upload a short clip)",
-                "file",
-            )
-        samples = audio.decode(data, SAMPLE_RATE)
-        reference = prepare_reference(samples, SAMPLE_RATE)
-        if len(reference) == 0:
-            raise BadRequest("the audio is silent: nothing above -42 dBFS", "file")
-        speech = len(reference) / SAMPLE_RATE - 0.05
-        if speech < limits.min_speech_seconds:
-            raise BadRequest(
-                f"the audio has only {max(speech, 0):.2f} s of sound; "
-                f"at least {limits.min_speech_seconds:.1f} s is needed",
-                "file",
-            )
+        reference = self.prepare(data, "file")
         if not text:
             text = self._transcribe(reference)
         wav = audio.encode(reference, SAMPLE_RATE, "wav")

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import require_tool
-from tests.inference.test_server import Server, start_server, stop, tiny_model
+from tests.inference.test_server import tiny_model
 from tests.support.media import REFERENCE_TEXT, UPLOAD_FORMATS, reference_as
 from tests.support.s3 import S3Server
+from tests.support.server import Server, start_server, stop
 from tts_inference import audio
 
 __all__ = ["tiny_model"]  # the session fixture, shared with test_server.py

@@ -450,12 +450,13 @@ def batch_parts(job: Obj) -> int:
 def run_job_command(job: Obj) -> list[str]:
     spec = job["spec"]
     cmd = ["tts-inference", "run-job", "--model-dir", c.MODEL_LINK, "--cache-dir", c.CACHE_MOUNT]
-    cmd += ["--text-uri", spec["textFrom"]] if spec.get("textFrom") else ["--text", spec["text"]]
+    # Free text goes as --flag=value, so a text that starts with "-" is never read as a flag.
+    cmd += ["--text-uri", spec["textFrom"]] if spec.get("textFrom") else [f"--text={spec['text']}"]
     voice = spec.get("voice", {})
     if voice.get("refAudio"):
         cmd += ["--ref-audio", voice["refAudio"]]
         if voice.get("refText"):
-            cmd += ["--ref-text", voice["refText"]]
+            cmd += [f"--ref-text={voice['refText']}"]
     else:
         cmd += ["--voice", voice.get("name", "default")]
     output = spec["output"]
