@@ -165,3 +165,23 @@ def test_operator_restart_while_the_job_runs_submits_it_once(
         s3.client(direct=True).list_objects_v2(Bucket=BUCKET, Prefix="jobs/").get("Contents", [])
     )
     assert len([r for r in records if r["Key"].endswith(f"{server_id}.json")]) == 1
+
+
+def test_job_with_a_reference_clip_speaks_in_that_voice_on_the_endpoint(
+    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor, server: Server, s3: S3Server
+) -> None:
+    clip = Path(audio.__file__).parent / "voices" / "default.wav"
+    bucket = s3.client(direct=True)
+    bucket.put_object(Bucket=BUCKET, Key="clips/narrator.wav", Body=clip.read_bytes())
+    _ready_endpoint(api, run_operator, wait_for, server.url)
+    voice = {"refAudio": f"s3://{BUCKET}/clips/narrator.wav", "refText": "A narrator speaks."}
+    api.create("ttsjobs", NAMESPACE, _ttsjob("clip", voice=voice))
+    missing = {**voice, "refAudio": f"s3://{BUCKET}/clips/nobody.wav"}
+    api.create("ttsjobs", NAMESPACE, _ttsjob("no-clip", voice=missing, backoffLimit=0))
+    status = wait_for(lambda: _finished(api, "clip"), timeout=120, message="never finished")
+    assert status["phase"] == "Succeeded", status
+    data = bucket.get_object(Bucket=BUCKET, Key="outputs/clip.wav")["Body"].read()
+    assert len(audio.decode(data)) / 24000 == pytest.approx(status["audioSeconds"], rel=0.05)
+    refused = wait_for(lambda: _finished(api, "no-clip"), timeout=120, message="never finished")
+    assert refused["phase"] == "Failed"
+    assert "clips/nobody.wav" in refused["message"], refused["message"]
