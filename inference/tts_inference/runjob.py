@@ -46,7 +46,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tts_inference.cache.sync import write_termination_log
-from tts_inference.engine.base import Engine
+from tts_inference.engine.base import Engine, add_engine_arguments
 from tts_inference.errors import BadRequest, Unavailable
 from tts_inference.jobs import (
     Job,
@@ -141,14 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="s3://bucket/voices/ where registered voices live "
         f"(default: env {VOICES_URI_ENV}, else voices/ in the output's bucket)",
     )
-    parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "int8"]
-    )
-    parser.add_argument("--attn-backend", default="auto", choices=["auto", "torch", "flash_attn"])
-    parser.add_argument(
-        "--max-batch", type=int, default=8, help="most chunks per batch on the device"
-    )
+    add_engine_arguments(parser, max_batch_help="most chunks per batch on the device")
     parser.add_argument(
         "--s3-max-attempts",
         type=int,

@@ -19,6 +19,7 @@ from types import FrameType
 import uvicorn
 
 from tts_inference.app import ServerSettings, ServerState, build_app
+from tts_inference.engine.base import add_engine_arguments
 
 log = logging.getLogger("tts_inference.serve")
 
@@ -76,17 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="the cache volume: voices/ and the flash_attn install live here",
     )
-    parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16", "int8"],
-        help="auto: float16 on CUDA, float32 on CPU; int8: dynamic int8 Linear layers, CPU only, ~3x faster there",
-    )
-    parser.add_argument("--attn-backend", default="auto", choices=["auto", "torch", "flash_attn"])
-    parser.add_argument(
-        "--max-batch", type=int, default=8, help="most requests per batch on the device"
-    )
+    add_engine_arguments(parser, max_batch_help="most requests per batch on the device")
     parser.add_argument(
         "--max-wait-ms",
         type=float,

@@ -50,10 +50,7 @@ def bucket(s3: S3Server) -> Iterator[S3Server]:
     _, clip = reference_as(require_tool("ffmpeg"), "flac")
     client.put_object(Bucket=BUCKET, Key="clips/narrator.flac", Body=clip)
     client.put_object(Bucket=BUCKET, Key="clips/notes.wav", Body=b"not audio at all\n" * 100)
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in s3.env().items():
-            if key.startswith("AWS_"):
-                mp.setenv(key, value)
+    with s3.in_environ():
         yield s3
 
 

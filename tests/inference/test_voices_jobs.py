@@ -42,10 +42,7 @@ def bucket(s3: S3Server) -> Iterator[S3Server]:
     client = s3.client(direct=True)
     for name in (BUCKET, OUT):
         client.create_bucket(Bucket=name)
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in s3.env().items():
-            if key.startswith("AWS_"):
-                mp.setenv(key, value)
+    with s3.in_environ():
         yield s3
 
 

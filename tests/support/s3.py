@@ -249,6 +249,20 @@ class S3Server:
         )
         return env
 
+    @contextmanager
+    def in_environ(self) -> Iterator[S3Server]:
+        """This process's AWS_* variables point at the server (for in-process clients)."""
+        saved = {k: os.environ.get(k) for k in self.env() if k.startswith("AWS_")}
+        os.environ.update({k: v for k, v in self.env().items() if k.startswith("AWS_")})
+        try:
+            yield self
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
     def client(self, direct: bool = False) -> S3Client:
         import boto3
         from botocore.config import Config

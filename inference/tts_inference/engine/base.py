@@ -9,6 +9,7 @@ encoding and HTTP live outside the engine.
 from __future__ import annotations
 
 import abc
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,3 +88,16 @@ class Engine(abc.ABC):
     def info(self) -> dict[str, Any]:
         """Facts for logs and /metrics labels (model name, dtype, attention backend)."""
         return {"device": self.device}
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, *, max_batch_help: str) -> None:
+    """The device, precision and batch flags every command that loads the engine takes."""
+    parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16", "int8"],
+        help="auto: float16 on CUDA, float32 on CPU; int8: dynamic int8 Linear layers, CPU only, ~3x faster there",
+    )
+    parser.add_argument("--attn-backend", default="auto", choices=["auto", "torch", "flash_attn"])
+    parser.add_argument("--max-batch", type=int, default=8, help=max_batch_help)
