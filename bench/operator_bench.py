@@ -1,10 +1,22 @@
-"""500 TTSJobs applied at once: time until all are submitted and done, peak memory, API requests per job.
+"""TTSJobs applied at once: time until all are submitted and done, operator memory, API requests.
 
-The operator runs under the real Kopf runtime against the emulated API server
-the tests use (tests/support/kube_emulator.py), with a fast fake endpoint that
-accepts every job and reports it succeeded on the first status query.
+Three parts, measured apart:
 
-    python bench/operator_bench.py [--jobs 500]
+- the operator: the real ``tts-operator`` command in a process of its own (Kopf, the
+  kubernetes client, its default settings), so its peak RSS (VmHWM) and CPU time are its own;
+- the emulated API server the tests use (tests/support/kube_emulator.py), on a thread of this
+  process: its CPU time is that thread's clock, so the figures show which side is the limit;
+- a fast fake endpoint (threads of this process) that accepts every job and calls it
+  succeeded on the first status query. It records every POST by its Idempotency-Key (the
+  operator sends the TTSJob's uid), so the report says whether each job ran exactly once.
+
+This process plays kubectl and the controllers: it applies the TTSEndpoint, completes its
+cache Job, marks its Deployment available, then creates the TTSJobs back to back and samples
+their phases every 0.5 s until all are Succeeded; then it measures one more reconcile
+interval, with every job finished. The report goes to bench/out/operator.json. Linux only
+(reads /proc).
+
+    python bench/operator_bench.py [--jobs 500] [--interval 10]
 """
 
 from __future__ import annotations
@@ -14,34 +26,36 @@ import json
 import os
 import platform
 import resource
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "10")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import kopf  # noqa: E402
-import kubernetes.config.kube_config  # noqa: E402
-from tests.support.kube_emulator import ApiServer, OperatorRunner, load_manifests  # noqa: E402
-
-from tts_operator import config  # noqa: E402
-from tts_operator import main as operator_main  # noqa: E402, F401  (registers the handlers)
+from tests.support.kube_emulator import ApiRequest, ApiServer, load_manifests  # noqa: E402
 
 NS = "bench"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+OPERATOR = "import sys; from tts_operator.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 class FakeEndpoint:
-    """Accepts every job (idempotent by key) and calls it succeeded when asked."""
+    """The server's job API, instant: every POST is accepted, every job has succeeded."""
 
     def __init__(self) -> None:
-        self.jobs: dict[str, str] = {}
-        self.posts = 0
+        self.posts: dict[str, list[float]] = {}  # Idempotency-Key -> when each POST came
+        self.ids: dict[str, str] = {}
+        self.gets = 0
         lock = threading.Lock()
         outer = self
 
@@ -63,12 +77,14 @@ class FakeEndpoint:
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 key = self.headers.get("Idempotency-Key", "")
                 with lock:
-                    outer.posts += 1
-                    job_id = outer.jobs.setdefault(key, f"job-{len(outer.jobs)}")
+                    outer.posts.setdefault(key, []).append(time.monotonic())
+                    job_id = outer.ids.setdefault(key, f"job-{len(outer.ids)}")
                 self._send(202, {"id": job_id, "state": "queued"})
 
             def do_GET(self) -> None:
                 job_id = self.path.rsplit("/", 1)[-1]
+                with lock:
+                    outer.gets += 1
                 self._send(
                     200,
                     {
@@ -84,114 +100,270 @@ class FakeEndpoint:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def process_figures(pid: int) -> dict[str, float]:
+    """RSS now and at its peak (VmHWM), in MB, and CPU seconds, of a running process."""
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    # /proc/PID/stat: the command name is in parentheses; utime and stime are fields 14 and 15.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return {
+        "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
+        "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,
+        "cpu_s": (int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), "")
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
+    return {
+        "cpu": model,
+        "cpus": len(os.sched_getaffinity(0)),
+        "memory_gb": round(total_kb / 2**20, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def verb(request: ApiRequest) -> str:
+    """The Kubernetes verb of a request (get, list, watch, create, patch, update, delete)."""
+    names = {"fetch": "get", "replace": "update"}
+    name = names.get(request.action or "", request.action or request.method.lower())
+    if name == "update" and request.method == "PATCH":
+        name = "patch"
+    return f"{name} {request.subresource}" if request.subresource else name
+
+
+def requests_by_verb(requests: list[ApiRequest], jobs: int) -> dict[str, dict[str, float]]:
+    """Requests per job, by resource and verb: ``{"ttsjobs": {"patch": 2.0, ...}, ...}``."""
+    counts = Counter((r.plural or r.path, verb(r)) for r in requests)
+    out: dict[str, dict[str, float]] = {}
+    for (plural, name), count in sorted(counts.items()):
+        out.setdefault(plural, {})[name] = count / jobs
+    return out
+
+
+def wait(
+    what: str, check: Callable[[], Any], operator: subprocess.Popen[bytes], timeout: float
+) -> Any:
+    """Poll ``check`` (sampling progress, not synchronising work) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if operator.poll() is not None:
+            raise RuntimeError(f"the operator exited ({operator.returncode}) while {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s while {what}")
+        time.sleep(0.5)
+
+
+def start_operator(
+    api: ApiServer, fake: FakeEndpoint, tmp: Path, interval: float, log: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """``tts-operator --namespace bench``, as the chart runs it, against the emulator."""
+    kubeconfig = api.write_kubeconfig(tmp / "kubeconfig", namespace=NS)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KUBERNETES_SERVICE_", "TTS_OPERATOR_"))
+    }
+    env |= {"KUBECONFIG": str(kubeconfig), "TTS_OPERATOR_RECONCILE_INTERVAL": str(interval)}
+    command = [
+        sys.executable,
+        "-c",
+        OPERATOR,
+        "--namespace",
+        NS,
+        # Every endpoint's URL is the fake server's.
+        f"--endpoint-url-template={fake.url}",
+        f"--metrics-port={free_port()}",
+        f"--health-port={free_port()}",
+    ]
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+
+
+def prepare_endpoint(api: ApiServer) -> None:
+    """Apply a TTSEndpoint and play the Job and Deployment controllers until it is Ready."""
+    secret = {"metadata": {"name": "s"}, "stringData": {"AWS_ACCESS_KEY_ID": "k"}}
+    api.create("secrets", NS, secret)
+    endpoint = {
+        "metadata": {"name": "fast"},
+        "spec": {
+            "model": {"name": "m", "source": "s3://bench/models/m/v1/"},
+            "storage": {"credentialsSecret": {"name": "s"}},
+            "replicas": 1,
+        },
+    }
+    api.create("ttsendpoints", NS, endpoint)
+    jobs = api.wait_for(lambda: api.objects("jobs", NS), 120, "the cache Job")
+    api.complete_job(NS, jobs[0]["metadata"]["name"])
+
+    def scaled() -> bool:
+        deployment = api.get("deployments", NS, "fast") or {}
+        return bool(deployment.get("spec", {}).get("replicas") == 1)
+
+    api.wait_for(scaled, 120, "the Deployment to scale up")
+    api.mark_deployment_available(NS, "fast")
+
+    def ready() -> bool:
+        status = (api.get("ttsendpoints", NS, "fast") or {}).get("status") or {}
+        return status.get("phase") == "Ready"
+
+    api.wait_for(ready, 120, "the TTSEndpoint to be Ready")
+
+
+def run(jobs: int, interval: float, timeout: float) -> dict[str, Any]:
+    fake = FakeEndpoint()
+    crds = load_manifests(sorted((ROOT / "crds").glob("*.yaml")))
+    with (
+        ApiServer(crds=crds, namespaces=[NS]) as api,
+        tempfile.TemporaryDirectory() as tmpdir,
+        (Path(tmpdir) / "operator.log").open("wb") as log,
+    ):
+        operator = start_operator(api, fake, Path(tmpdir), interval, log)
+        try:
+            prepare_endpoint(api)
+            report = measure(api, fake, operator, jobs, interval, timeout)
+        except BaseException:
+            sys.stderr.write((Path(tmpdir) / "operator.log").read_text()[-4000:])
+            raise
+        finally:
+            operator.send_signal(signal.SIGTERM)
+            try:
+                operator.wait(30)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+                operator.wait()
+        report["operator"]["exit_code_on_sigterm"] = operator.returncode
+    fake.close()
+    return report
+
+
+def measure(
+    api: ApiServer,
+    fake: FakeEndpoint,
+    operator: subprocess.Popen[bytes],
+    jobs: int,
+    interval: float,
+    timeout: float,
+) -> dict[str, Any]:
+    load_before = os.getloadavg()
+    op_before = process_figures(operator.pid)
+    server_cpu_before = api.cpu_seconds()
+    bench_cpu_before = time.process_time()
+    requests_before = len(api.requests)
+    start = time.monotonic()
+    for i in range(jobs):
+        api.create(
+            "ttsjobs",
+            NS,
+            {
+                "metadata": {"name": f"job-{i:04d}"},
+                "spec": {
+                    "endpointRef": {"name": "fast"},
+                    "text": f"Sentence {i}.",
+                    "output": {"uri": "s3://bench/out/"},
+                },
+            },
+        )
+    created = time.monotonic() - start
+
+    def all_succeeded() -> bool:
+        unfinished = api.objects("ttsjobs", NS, fields="status.phase!=Succeeded")
+        return not unfinished
+
+    wait(f"waiting for {jobs} TTSJobs to succeed", all_succeeded, operator, timeout)
+    done = time.monotonic() - start
+    op_after = process_figures(operator.pid)
+    server_cpu = api.cpu_seconds() - server_cpu_before
+    bench_cpu = time.process_time() - bench_cpu_before
+    requests = api.requests[requests_before:]
+
+    # Then one reconcile interval with every job finished: what the operator spends keeping them.
+    time.sleep(interval)  # a measuring window, not synchronisation
+    op_idle = process_figures(operator.pid)
+    idle_requests = len(api.requests) - requests_before - len(requests)
+
+    uids = {job["metadata"]["uid"] for job in api.objects("ttsjobs", NS)}
+    posts_per_job = Counter(len(fake.posts.get(uid, [])) for uid in uids)
+    first_posts = [fake.posts[uid][0] for uid in uids if uid in fake.posts]
+    submitted = max(first_posts) - start if len(first_posts) == jobs else None
+    repeat_gaps = sorted(times[1] - times[0] for times in fake.posts.values() if len(times) > 1)
+    ttsjob_requests = [r for r in requests if r.plural == "ttsjobs"]
+    return {
+        "machine": machine(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "jobs": jobs,
+        "reconcile_interval_s": interval,
+        "seconds_to_create": created,
+        "seconds_until_all_submitted": submitted,
+        "seconds_until_all_succeeded": done,
+        "endpoint": {
+            "jobs_run": len(first_posts),
+            "each_job_ran_exactly_once": set(fake.ids) == uids,
+            "other_keys": len(set(fake.ids) - uids),
+            "posts": sum(len(times) for times in fake.posts.values()),
+            "jobs_by_number_of_posts": {str(k): v for k, v in sorted(posts_per_job.items())},
+            "seconds_between_repeated_posts_median": repeat_gaps[len(repeat_gaps) // 2]
+            if repeat_gaps
+            else None,
+            "status_queries": fake.gets,
+        },
+        "operator": {
+            "rss_mb_before_jobs": op_before["rss_mb"],
+            "peak_rss_mb": op_after["peak_rss_mb"],
+            "rss_mb_after_jobs": op_after["rss_mb"],
+            "peak_rss_mb_over_before_jobs": op_after["peak_rss_mb"] - op_before["rss_mb"],
+            "cpu_seconds": op_after["cpu_s"] - op_before["cpu_s"],
+            "cpu_seconds_in_one_interval_after": op_idle["cpu_s"] - op_after["cpu_s"],
+            "api_requests_in_one_interval_after": idle_requests,
+        },
+        "api_server": {
+            "cpu_seconds": server_cpu,
+            "requests": len(requests),
+            "cpu_ms_per_request_or_write": 1000 * server_cpu / max(len(requests) + jobs, 1),
+            "bench_process_cpu_seconds": bench_cpu,
+            "bench_process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
+        "ttsjob_api_requests_per_job": len(ttsjob_requests) / jobs,
+        "api_requests_per_job": len(requests) / jobs,
+        "api_requests_per_job_by_resource_and_verb": requests_by_verb(requests, jobs),
+    }
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        help="the operator's reconcile interval (TTS_OPERATOR_RECONCILE_INTERVAL; default 10 s)",
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up after this long")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "operator.json")
     args = parser.parse_args()
-    fake = FakeEndpoint()
-    crds = load_manifests(sorted((ROOT / "crds").glob("*.yaml")))
-    with ApiServer(crds=crds, namespaces=[NS]) as api, tempfile.TemporaryDirectory() as tmp:
-        kubeconfig = api.write_kubeconfig(Path(tmp) / "kubeconfig", namespace=NS)
-        os.environ["KUBECONFIG"] = str(kubeconfig)
-        kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)
-        api.create(
-            "secrets",
-            NS,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "s"},
-                "stringData": {"AWS_ACCESS_KEY_ID": "k"},
-            },
-        )
-        endpoint = {
-            "apiVersion": "tts.f5tts.dev/v1alpha1",
-            "kind": "TTSEndpoint",
-            "metadata": {"name": "fast"},
-            "spec": {
-                "model": {"name": "m", "source": "s3://bench/models/m/v1/"},
-                "storage": {"credentialsSecret": {"name": "s"}},
-                "replicas": 1,
-            },
-        }
-        # Every endpoint URL points at the fake server.
-        settings = config.Settings(namespaces=(NS,), endpoint_url_template=fake.url)
-        runner = OperatorRunner(namespaces=[NS], memo=kopf.Memo(settings=settings))
-        before_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        runner.start()
-        api.create("ttsendpoints", NS, endpoint)
-        job = api.wait_for(lambda: api.objects("jobs", NS) or None, timeout=60)[0]
-        api.complete_job(NS, job["metadata"]["name"])
-        api.wait_for(
-            lambda: (api.get("deployments", NS, "fast") or {}).get("spec", {}).get("replicas") == 1,
-            timeout=60,
-        )
-        api.mark_deployment_available(NS, "fast")
-        api.wait_for(
-            lambda: ((api.get("ttsendpoints", NS, "fast") or {}).get("status") or {}).get("phase")
-            == "Ready",
-            timeout=60,
-        )
-        requests_before = len(api.requests)
-        start = time.monotonic()
-        for i in range(args.jobs):
-            api.create(
-                "ttsjobs",
-                NS,
-                {
-                    "apiVersion": "tts.f5tts.dev/v1alpha1",
-                    "kind": "TTSJob",
-                    "metadata": {"name": f"job-{i:04d}"},
-                    "spec": {
-                        "endpointRef": {"name": "fast"},
-                        "text": f"Sentence {i}.",
-                        "output": {"uri": "s3://bench/out/"},
-                    },
-                },
-            )
-        created = time.monotonic() - start
-
-        def phases() -> dict[str, int]:
-            out: dict[str, int] = {}
-            for job in api.objects("ttsjobs", NS):
-                phase = (job.get("status") or {}).get("phase", "None")
-                out[phase] = out.get(phase, 0) + 1
-            return out
-
-        submitted_at = None
-        while True:
-            p = phases()
-            if submitted_at is None and len(fake.jobs) >= args.jobs:
-                submitted_at = time.monotonic() - start
-            if p.get("Succeeded", 0) >= args.jobs:
-                break
-            if time.monotonic() - start > 1200:
-                raise SystemExit(f"not done after 20 min: {p}")
-            time.sleep(0.5)  # sampling progress, not synchronising work
-        done = time.monotonic() - start
-        job_requests = [r for r in api.requests[requests_before:] if r.plural == "ttsjobs"]
-        runner.stop()
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "jobs": args.jobs,
-        "seconds_to_create": created,
-        "seconds_until_all_submitted": submitted_at,
-        "seconds_until_all_succeeded": done,
-        "server_posts": fake.posts,
-        "server_jobs": len(fake.jobs),
-        "ttsjob_api_requests_per_job": len(job_requests) / args.jobs,
-        "peak_rss_mb_process": peak_rss_mb,
-        "rss_mb_before_operator": before_rss / 1024,
-    }
+    report = run(args.jobs, args.interval, args.timeout)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

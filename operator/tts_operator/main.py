@@ -122,6 +122,8 @@ async def endpoint_changed(
     constants.VERSION,
     constants.ENDPOINT_PLURAL,
     interval=RECONCILE_INTERVAL,
+    # The create/resume handler reconciles first; a timer at once would race it.
+    initial_delay=RECONCILE_INTERVAL,
     idle=0,
 )
 async def endpoint_timer(
@@ -174,6 +176,8 @@ async def job_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: 
     constants.VERSION,
     constants.JOB_PLURAL,
     interval=RECONCILE_INTERVAL,
+    # The create/resume handler reconciles first; a timer at once would race it.
+    initial_delay=RECONCILE_INTERVAL,
     idle=0,
 )
 async def job_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:

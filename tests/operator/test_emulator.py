@@ -560,6 +560,59 @@ def test_faults_injected_with_kmock_change_nothing(api: ApiServer) -> None:
     assert api.get("configmaps", NS, "cm")["data"] == {"k": "v"}  # type: ignore[index]
 
 
+def test_reactions_see_each_request_once_and_history_views_still_work(api: ApiServer) -> None:
+    api.create("configmaps", NS, configmap("cm"))
+    seen: list[kmock.Request] = []
+
+    def never(request: kmock.Request) -> bool:
+        seen.append(request)
+        return False
+
+    api.kmock[never] << 500
+    api.kmock["patch", kmock.resource("v1/configmaps")][:1] << 500  # only the first PATCH fails
+    statuses = [
+        api.http("PATCH", f"{CM_PATH}/cm", {"data": {"k": str(i)}}, content_type=MERGE)[0]
+        for i in range(4)
+    ]
+    assert statuses == [500, 200, 200, 200]
+    assert api.get("configmaps", NS, "cm")["data"] == {"k": "3"}  # type: ignore[index]
+    # One test per request: kmock itself re-tests every earlier request (1 + 2 + 3 + 4 calls).
+    assert len(seen) == 4
+
+
+def test_remembered_verdicts_judge_each_write_alike(api: ApiServer) -> None:
+    # Validity is remembered by value: the same bad value is rejected every time, with the
+    # same message, and a transition rule's verdict depends on the old value too.
+    cache = {"existingClaim": "mine", "size": "1Gi"}
+    bad = endpoint(storage={"credentialsSecret": {"name": "s"}, "cache": cache})
+    for _ in range(2):
+        status, body = api.http("POST", EP_PATH, bad)
+        assert (status, body["reason"]) == (422, "Invalid")
+        assert "existingClaim excludes size" in body["message"]
+    api.create("ttsendpoints", NS, endpoint())
+    for _ in range(2):
+        status, body = api.http(
+            "PATCH", f"{EP_PATH}/f5tts/status", {"status": {"phase": "Bogus"}}, content_type=MERGE
+        )
+        assert (status, body["reason"]) == (422, "Invalid")
+    other_model = {"spec": {"model": {"name": "other"}}}
+    for _ in range(2):
+        status, body = api.http("PATCH", f"{EP_PATH}/f5tts", other_model, content_type=MERGE)
+        assert status == 422
+        assert "immutable" in body["message"]
+    api.create(
+        "ttsendpoints",
+        NS,
+        endpoint("second", model={"name": "other", "source": "s3://bucket/models/other/v1/"}),
+    )
+    assert (
+        api.patch("ttsendpoints", NS, "second", {"spec": {"replicas": 2}})["spec"]["replicas"] == 2
+    )
+    assert api.patch_status("ttsendpoints", NS, "f5tts", {"phase": "Pending"})["status"] == {
+        "phase": "Pending"
+    }
+
+
 def test_kopf_runtime_runs_handlers_and_resumes_after_a_restart(
     api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
 ) -> None:

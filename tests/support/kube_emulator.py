@@ -19,7 +19,15 @@ Status error rendering and its DSL, so a test can inject faults the kmock way::
 The object store and its rules live in the fallback handlers (``_serve_*``),
 which kmock reaches only when no test reaction answered first; so a request a
 test answers with an injected 500 changes nothing, as on a real server (kmock
-itself would still apply it). ``_handle`` bypasses kmock's own store on purpose.
+itself would still apply it). ``_handle`` bypasses kmock's own store on purpose,
+and ``_react`` replaces kmock's choice of reaction, whose cost grows with every
+request served (it re-filters the whole request history each time).
+
+Cost per request does not grow with the store or the history: the store keeps
+indexes (objects by namespace, dependents by owner uid), watches read only the
+changes they have not sent, and custom resources are checked by a
+``SchemaChecker`` that compiles a CRD's schema once and remembers verdicts by
+value (a status update does not re-run the spec's CEL rules).
 
 ``OperatorRunner`` runs the real Kopf runtime (``kopf.operator``) on a thread
 of its own against it, stoppable and restartable within one test.
@@ -119,6 +127,7 @@ import concurrent.futures
 import contextlib
 import copy
 import datetime
+import enum
 import functools
 import ipaddress
 import itertools
@@ -131,7 +140,7 @@ import urllib.error
 import urllib.request
 import uuid
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,11 +151,14 @@ import aiohttp.web
 import attrs
 import jsonpatch
 import jsonpointer
+import jsonschema
 import kmock
 import kopf
 import kubernetes_validate
 import yaml
-from kmock._internal import rendering
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
+from kmock._internal import filtering, rendering
 
 from tests.support import crdschema
 
@@ -594,6 +606,73 @@ def _truthy(value: str | None) -> bool:
     return value in TRUE_WORDS
 
 
+def _owner_uids(obj: Body | None) -> set[str]:
+    refs = (obj or {}).get("metadata", {}).get("ownerReferences") or []
+    return {ref["uid"] for ref in refs if isinstance(ref, dict) and ref.get("uid")}
+
+
+Matcher = Callable[[kmock.Request], bool]
+
+
+def _reaction_order(payloads: list[kmock.Reaction]) -> list[kmock.Reaction]:
+    """kmock's order of reactions: highest priority first, ties in the order they were added."""
+    width = max((len(p.priorities) for p in payloads), default=0)
+
+    def key(item: tuple[int, kmock.Reaction]) -> tuple[tuple[float, ...], int]:
+        index, payload = item
+        priority = tuple(-p for p in payload.priorities)
+        return (priority + (0,) * (width - len(priority)), index)
+
+    return [payload for _, payload in sorted(enumerate(payloads), key=key)]
+
+
+def _in_view(view: kmock.View, request: kmock.Request) -> bool:
+    return any(seen is request for seen in view)
+
+
+def _quick_criteria(criteria: kmock.Criteria) -> Matcher:
+    """The same test as kmock's ``criteria(request)``, quicker for the criteria the emulator
+    itself registers (a method, an action, a path); any other criteria stay kmock's own."""
+    allowed = {
+        filtering.K8sCriteria: {"method", "action"},
+        filtering.HTTPCriteria: {"method", "path"},
+    }
+    fields = allowed.get(type(criteria))
+    if fields is None:
+        return criteria
+    used = {
+        field.name: getattr(criteria, field.name)
+        for field in attrs.fields(type(criteria))
+        if getattr(criteria, field.name) is not ...
+    }
+    if not used or not set(used) <= fields:
+        return criteria
+    enums: list[tuple[str, enum.Enum]] = []
+    path: re.Pattern[str] | str | None = None
+    for name, pattern in used.items():
+        if isinstance(pattern, enum.Enum):
+            enums.append((name, pattern))
+        elif (isinstance(pattern, re.Pattern) and isinstance(pattern.pattern, str)) or (
+            isinstance(pattern, str) and not any(c in pattern for c in "*?[")
+        ):
+            path = pattern  # a regex must match the whole path; a glob without wildcards is ==
+        else:
+            return criteria
+
+    def matches(request: kmock.Request) -> bool:
+        for name, expected in enums:
+            value = getattr(request, name)
+            if value is not None and not isinstance(value, type(expected)):
+                return bool(criteria(request))  # not what kmock parses requests into: ask kmock
+            if value is not expected:  # kmock matches enums by name or value: both are unique
+                return False
+        if isinstance(path, str):
+            return request.url.path == path
+        return path is None or path.fullmatch(request.url.path) is not None
+
+    return matches
+
+
 # --------------------------------------------------------------------------------------------
 # Kinds and changes.
 # --------------------------------------------------------------------------------------------
@@ -611,6 +690,7 @@ class Kind:
     status_subresource: bool
     custom: bool
     schema: Mapping[str, Any] | None = None
+    shortnames: tuple[str, ...] = ()
 
     @property
     def key(self) -> KindKey:
@@ -639,6 +719,92 @@ class Change:
     namespace: str | None
     old: Body | None
     new: Body
+
+
+class SchemaChecker:
+    """One CRD version's structural schema and CEL rules, compiled once (tests.support.crdschema).
+
+    Checking is what ``crdschema`` does, with savings that change no outcome: the JSON Schema
+    validators are built once, one for each top-level field (spec, status...) and one for the
+    rest of the root; and verdicts are remembered by the JSON of the values they judged (a
+    field's validity; a CEL rule's on ``self``, and ``oldSelf`` for transition rules). So a
+    write that leaves a field alone (a status update, Kopf's annotations) does not check that
+    field again. Error messages still come from ``crdschema``.
+    """
+
+    MAX_REMEMBERED = 50_000
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self.source = schema
+        self.schema = dict(schema)
+        whole = crdschema._to_jsonschema(self.schema, at_root=True)
+        fields = whole.get("properties") or {}
+        # The root keeps every keyword (required, additionalProperties...) but its fields' schemas.
+        self.root = jsonschema.Draft202012Validator(
+            {**whole, "properties": {name: {} for name in fields}}
+        )
+        self.fields = {name: jsonschema.Draft202012Validator(sub) for name, sub in fields.items()}
+        self.rules = list(crdschema.cel_rules(self.schema))
+        self._valid: dict[tuple[str, str], bool] = {}
+        self._verdicts: dict[tuple[int, str], str | None] = {}
+
+    def errors(self, obj: Body, old: Body | None) -> list[str]:
+        if not self._structurally_valid(obj):
+            return list(crdschema._structural_errors(self.schema, obj))
+        # The API server runs CEL rules only on objects that passed the structural checks.
+        errors: list[str] = []
+        for index, (path, rule) in enumerate(self.rules):
+            expr = rule["rule"]
+            transition = "oldSelf" in expr
+            if transition and old is None:
+                continue
+            for concrete, value in crdschema._values_at(obj, path):
+                activation = {"self": value}
+                if transition:
+                    found, old_value = crdschema._lookup(old, concrete)
+                    if not found:
+                        continue
+                    activation["oldSelf"] = old_value
+                verdict = self._verdict(index, rule, activation)
+                if verdict is not None:
+                    errors.append(f"{crdschema._path(concrete)}: Invalid value: {verdict}")
+        return errors
+
+    def _structurally_valid(self, obj: Body) -> bool:
+        if not self.root.is_valid(obj):
+            return False
+        for name, value in obj.items():
+            validator = self.fields.get(name)
+            if validator is None:
+                continue
+            key = (name, json.dumps(value))
+            valid = self._valid.get(key)
+            if valid is None:
+                valid = validator.is_valid(value)
+                if len(self._valid) >= self.MAX_REMEMBERED:
+                    self._valid.clear()
+                self._valid[key] = valid
+            if not valid:
+                return False
+        return True
+
+    def _verdict(self, index: int, rule: Mapping[str, Any], activation: Body) -> str | None:
+        key = (index, json.dumps(activation))
+        if key in self._verdicts:
+            return self._verdicts[key]
+        expr = rule["rule"]
+        result = crdschema._program(expr).evaluate(
+            {name: json_to_cel(value) for name, value in activation.items()}
+        )
+        verdict: str | None = None
+        if isinstance(result, CELEvalError):
+            verdict = f"rule {expr!r} could not be evaluated: {result}"
+        elif not bool(result):
+            verdict = rule.get("message", "failed rule: " + expr)
+        if len(self._verdicts) >= self.MAX_REMEMBERED:
+            self._verdicts.clear()
+        self._verdicts[key] = verdict
+        return verdict
 
 
 @dataclass(frozen=True)
@@ -674,7 +840,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _version: int = attrs.field(default=0, init=False)
     _store: dict[KindKey, dict[ObjKey, Body]] = attrs.field(factory=dict, init=False)
     _uids: dict[str, tuple[KindKey, str | None, str]] = attrs.field(factory=dict, init=False)
+    # Indexes of the store: objects by namespace, and the objects each uid owns (in write order).
+    _in_namespace: Counter[str] = attrs.field(factory=Counter, init=False)
+    _owned: dict[str, dict[tuple[KindKey, str | None, str], None]] = attrs.field(
+        factory=dict, init=False
+    )
     _schemas: dict[KindKey, Mapping[str, Any]] = attrs.field(factory=dict, init=False)
+    _checkers: dict[KindKey, SchemaChecker] = attrs.field(factory=dict, init=False)
+    _resource_keys: dict[KindKey, kmock.resource] = attrs.field(factory=dict, init=False)
     _custom: set[KindKey] = attrs.field(factory=set, init=False)
     _log: deque[Change] = attrs.field(init=False)
     _last_rv: int = attrs.field(default=0, init=False)
@@ -683,6 +856,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
     _tick: asyncio.Event | None = attrs.field(default=None, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    _reaction_ids: tuple[int, ...] = attrs.field(default=(), init=False)
+    _reaction_cache: list[tuple[kmock.Reaction, Matcher]] = attrs.field(factory=list, init=False)
     api_requests: list[ApiRequest] = attrs.field(factory=list, init=False)
     pruned: list[str] = attrs.field(factory=list, init=False)
 
@@ -750,12 +925,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     # ---- kinds -----------------------------------------------------------------------------
 
+    def resource_info(self, key: KindKey) -> kmock.ResourceInfo | None:
+        """kmock's discovery record of a resource (looked up without kmock's key parsing)."""
+        res = self._resource_keys.get(key)
+        if res is None:
+            res = self._resource_keys[key] = kmock.resource(*key)
+        return self.resources._resources.get(res)
+
     def kind_for(self, group: str, version: str, plural: str) -> Kind | None:
-        res = kmock.resource(group, version, plural)
-        if res not in self.resources:
-            return None
-        info = self.resources[res]
         key = (group, version, plural)
+        info = self.resource_info(key)
+        if info is None:
+            return None
         return Kind(
             group=group,
             version=version,
@@ -765,12 +946,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
             status_subresource="status" in info.subresources,
             custom=key in self._custom,
             schema=self._schemas.get(key),
+            shortnames=tuple(info.shortnames or ()),
         )
 
     def known_kinds(self) -> list[Kind]:
         kinds = []
         with self._mutex:
-            resources = [res for res in self.resources if isinstance(res, kmock.resource)]
+            resources = list(self.resources._resources)
         for res in resources:
             if res.group is not None and res.version is not None and res.plural is not None:
                 kind = self.kind_for(res.group, res.version, res.plural)
@@ -822,6 +1004,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 del self.resources[f"{key[0]}/{key[1]}/{key[2]}"]
             self._custom.discard(key)
             self._schemas.pop(key, None)
+            self._checkers.pop(key, None)
 
     # ---- reading (any thread) --------------------------------------------------------------
 
@@ -877,6 +1060,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._compacted_rv = self._log[0].rv
         ns = new["metadata"].get("namespace")
         self._log.append(Change(self._last_rv, type_, kind.key, ns, old, new))
+
+    def _changes_since(self, position: int) -> list[Change]:
+        """The logged changes after resourceVersion ``position``, oldest first (newest are last)."""
+        newer: list[Change] = []
+        for change in reversed(self._log):
+            if change.rv <= position:
+                break
+            newer.append(change)
+        return newer[::-1]
 
     def _ensure_namespace(self, name: str) -> None:
         kind = self.kind_for(*NAMESPACE_KEY)
@@ -983,6 +1175,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = str(self._last_rv)
         self._store.setdefault(kind.key, {})[(meta.get("namespace"), meta["name"])] = obj
         self._uids[meta["uid"]] = (kind.key, meta.get("namespace"), meta["name"])
+        self._track(kind.key, None, obj)
         self._record(kind, "ADDED", None, obj)
         if kind.key == CRD_KEY:
             self._register_crd(obj)
@@ -1103,6 +1296,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = str(self._last_rv)
         key = (meta.get("namespace"), meta["name"])
         self._store[kind.key][key] = new
+        self._track(kind.key, old, new)
         self._record(kind, "MODIFIED", old, new)
         # A terminating namespace waits for its objects (its spec.finalizers), not for metadata.
         waits_for_content = kind.key == NAMESPACE_KEY and self._namespace_has_objects(key[1])
@@ -1212,6 +1406,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def _remove(self, kind: Kind, namespace: str | None, name: str) -> Body:
         obj = self._store[kind.key].pop((namespace, name))
         self._uids.pop(obj["metadata"]["uid"], None)
+        self._track(kind.key, obj, None)
         gone = copy.deepcopy(obj)
         self._next_rv()
         gone["metadata"]["resourceVersion"] = str(self._last_rv)
@@ -1230,20 +1425,30 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 self._remove(ns_kind, None, namespace)
         return gone
 
+    def _track(self, key: KindKey, old: Body | None, new: Body | None) -> None:
+        """Keep the objects counted by namespace, and indexed by owner uid, as the store changes."""
+        meta = (new or old or {})["metadata"]
+        where = (key, meta.get("namespace"), meta["name"])
+        if where[1] is not None and (old is None) != (new is None):
+            self._in_namespace[where[1]] += 1 if old is None else -1
+        before, after = _owner_uids(old), _owner_uids(new)
+        for uid in before - after:
+            owned = self._owned[uid]
+            del owned[where]
+            if not owned:
+                del self._owned[uid]
+        for uid in after - before:
+            self._owned.setdefault(uid, {})[where] = None
+
     def _namespace_has_objects(self, namespace: str) -> bool:
-        return any(ns == namespace for bucket in self._store.values() for ns, _ in bucket)
+        return self._in_namespace[namespace] > 0
 
     def _dependents(self, uid: str) -> list[tuple[Kind, str | None, str]]:
         found = []
-        for key, bucket in self._store.items():
+        for key, ns, name in list(self._owned.get(uid, ())):
             kind = self.kind_for(*key)
-            if kind is None:
-                continue
-            for (ns, name), obj in bucket.items():
-                if any(
-                    ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or []
-                ):
-                    found.append((kind, ns, name))
+            if kind is not None:
+                found.append((kind, ns, name))
         return found
 
     def _live_owner_refs(self, obj: Body) -> list[Body]:
@@ -1345,9 +1550,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
         # Validate what the schema describes: pruning left only known fields, or ones it preserves.
         top = set(schema.get("properties") or {})
         checked = {k: v for k, v in new.items() if k in top}
-        errors = list(crdschema._structural_errors(schema, checked))
-        if not errors:
-            errors = list(crdschema._cel_errors(schema, checked, old))
+        checker = self._checkers.get(kind.key)
+        if checker is None or checker.source is not kind.schema:
+            checker = self._checkers[kind.key] = SchemaChecker(kind.schema)
+        errors = checker.errors(checked, old)
         if errors:
             raise invalid(kind, name, errors)
 
@@ -1631,8 +1837,52 @@ class KubeEmulator(kmock.KubernetesEmulator):
             and request.headers.get("Authorization") != f"Bearer {self.token}"
         ):
             raise api_error(401, "Unauthorized", "Unauthorized")
-        # Skip KubernetesEmulator._handle: it writes kmock's store before any reaction answers.
-        return await super(kmock.KubernetesEmulator, self)._handle(request)
+        # Not KubernetesEmulator._handle: it writes kmock's store before any reaction answers.
+        return await self._react(request)
+
+    async def _react(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """kmock's RawHandler._handle, without its cost per request that grows with the history.
+
+        kmock decides whether a reaction sees a request by iterating the reaction's view over
+        every request received so far, so each request costs O(requests so far) for each
+        reaction tried. The reactions here are plain chains of criteria (``kmock["patch", ...]``,
+        ``fallback[...]``): for those, the request alone decides. Other views (slices, groups,
+        exclusions, streams) keep kmock's own check, which needs the history.
+        """
+        for payload, sees in self._reactions():
+            if payload._disabled.is_set() or not sees(request):
+                continue
+            try:
+                return await payload(request)
+            except rendering.ReactionMismatchError:  # either mismatch or depletion
+                payload._disabled.set()
+            except NotImplementedError:  # matched, but nothing to respond with
+                pass
+        raise NotImplementedError("no reaction matches the request")
+
+    def _reactions(self) -> list[tuple[kmock.Reaction, Matcher]]:
+        """The reactions in the order kmock tries them, each with its test; rebuilt on change."""
+        ids = tuple(map(id, self._payloads))
+        if ids != self._reaction_ids:  # the cache holds the payloads, so their ids stay unique
+            self._reaction_cache = [(p, self._matcher(p)) for p in _reaction_order(self._payloads)]
+            self._reaction_ids = ids
+        return self._reaction_cache
+
+    def _matcher(self, payload: kmock.Reaction) -> Matcher:
+        checks: list[Matcher] = []
+        view = payload._source
+        while view is not self:
+            if type(view) is kmock.Priority:
+                view = view._source
+            elif type(view) is kmock.Filter:
+                checks.append(_quick_criteria(view.criteria))
+                view = view._source
+            elif isinstance(view, kmock.Root):
+                return lambda request: False  # another handler's requests
+            else:  # slices, groups, exclusions, streams: kmock's own test, over the history
+                checks.append(functools.partial(_in_view, view))
+                break
+        return lambda request: all(check(request) for check in checks)
 
     async def _serve_list(self, request: kmock.Request) -> rendering.Payload:
         if _truthy(request.params.get("watch")):
@@ -1732,11 +1982,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             yield {"type": "BOOKMARK", "object": marker}
         while not self._closing:
             with self._mutex:
-                changes = (
-                    [c for c in reversed(self._log) if c.rv > position][::-1]
-                    if self._last_rv > position
-                    else []
-                )
+                changes = self._changes_since(position)
                 tick = self._tick
             for change in changes:
                 position = change.rv
@@ -2065,6 +2311,12 @@ class ApiServer:
             raise RuntimeError("the API server is not running")
         return self._url
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the server's thread: every request, and every write made by this class."""
+        if self._thread is None or self._thread.ident is None:
+            raise RuntimeError("the API server is not running")
+        return time.clock_gettime(time.pthread_getcpuclockid(self._thread.ident))
+
     @property
     def kmock(self) -> KubeEmulator:
         """The kmock handler: its DSL injects faults, e.g. ``api.kmock["patch"] << 500``."""
@@ -2104,12 +2356,7 @@ class ApiServer:
             found = [k for k in kinds if k.key == ("", parts[0], parts[1])]
         else:
             name, _, group = kind.partition(".")
-            found = [
-                k
-                for k in kinds
-                if (not group or k.group == group)
-                and kind_matches(k, name, self.kmock.resources[kmock.resource(*k.key)].shortnames)
-            ]
+            found = [k for k in kinds if (not group or k.group == group) and kind_matches(k, name)]
         if len(found) > 1:
             core = [k for k in found if k.group == ""]
             stable = sorted(found, key=lambda k: _version_priority(k.version), reverse=True)
@@ -2444,8 +2691,8 @@ class ApiServer:
             self.kmock.wait_changed(seen, min(remaining, 0.1))
 
 
-def kind_matches(kind: Kind, name: str, shortnames: Iterable[str]) -> bool:
-    return name in (kind.plural, kind.kind, kind.kind.lower()) or name in set(shortnames)
+def kind_matches(kind: Kind, name: str) -> bool:
+    return name in (kind.plural, kind.kind, kind.kind.lower(), *kind.shortnames)
 
 
 # --------------------------------------------------------------------------------------------
