@@ -226,6 +226,8 @@ def main() -> int:
         work / "serve.log",
         *("--nfe-step", str(args.nfe_step), "--max-batch", str(args.max_batch)),
         *("--max-wait-ms", "30", "--dtype", args.dtype, "--max-queue", "256"),
+        # A closed loop of k clients queues k requests: none may time out waiting.
+        *("--request-timeout", "36000"),
         timeout=1800,
     )
     proc, url, warm_start = server.proc, server.url, server.ready_seconds

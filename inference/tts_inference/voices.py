@@ -224,10 +224,10 @@ class VoiceStore:
             with self._lock:
                 entry = self._memory.get(DEFAULT)
             if entry is None:
-                wav = PACKAGE_VOICES / "default.wav"
-                voice = Voice(
-                    DEFAULT, _read_wav(wav), (PACKAGE_VOICES / "default.txt").read_text().strip()
-                )
+                # Prepared as every voice is (and as f5-tts prepares a reference clip):
+                # an untrimmed clip would lengthen every request's audio and its compute.
+                wav = prepare_reference(_read_wav(PACKAGE_VOICES / "default.wav"), SAMPLE_RATE)
+                voice = Voice(DEFAULT, wav, (PACKAGE_VOICES / "default.txt").read_text().strip())
                 info = {
                     "name": DEFAULT,
                     "text": voice.text,
