@@ -434,3 +434,23 @@ def test_service_and_pdb_select_the_server_pods() -> None:
 def test_spec_hash_is_stable_and_order_free() -> None:
     assert spec_hash({"a": 1, "b": [1, 2]}) == spec_hash({"b": [1, 2], "a": 1})
     assert spec_hash({"a": 1}) != spec_hash({"a": 2})
+
+
+@pytest.mark.parametrize(
+    ("resources", "inference", "max_batch"),
+    [
+        ({}, {}, None),  # a GPU: the server's default batching
+        ({"gpus": 0}, {}, "1"),  # a CPU: one request at a time is faster there
+        ({"gpus": 0}, {"maxBatch": 4}, "4"),  # what the user sets wins
+        ({"gpus": 2}, {"maxBatch": 16}, "16"),
+    ],
+)
+def test_cpu_endpoints_serve_one_request_at_a_time_unless_told(
+    resources: dict[str, Any], inference: dict[str, Any], max_batch: str | None
+) -> None:
+    ep = endpoint(resources=resources, inference=inference)
+    pod = b.deployment(ep, CONFIG, cache_ready=True)["spec"]["template"]["spec"]
+    argv = _containers(pod)["server"]["command"]
+    args = build_parser("serve").parse_args(argv[1:])
+    assert argv.count("--max-batch") <= 1
+    assert args.max_batch == (8 if max_batch is None else int(max_batch))

@@ -302,6 +302,10 @@ def serve_command(spec: Obj) -> list[str]:
     ):
         if key in inference:
             cmd += [flag, str(inference[key])]
+    if "maxBatch" not in inference and int(spec.get("resources", {}).get("gpus", 1)) == 0:
+        # On a CPU a batch of n costs about n single passes plus padding: one at a time
+        # is faster there (docs/benchmarks.md); batching is for GPUs.
+        cmd += ["--max-batch", "1"]
     cmd += ["--model-name", str(spec["model"]["name"])]
     return cmd
 
