@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import logging
 import os
 import re
 import shutil
@@ -31,6 +32,8 @@ from typing import Any
 
 from tts_inference.cache.store import CacheError
 from tts_inference.cache.sync import file_lock, sha256_file, write_atomic, write_termination_log
+
+log = logging.getLogger("tts_inference.flash_attn")
 
 __all__ = [
     "Abi",
@@ -388,6 +391,16 @@ def pythonpath_entry(cache_dir: str | Path, abi: Abi | None = None) -> str | Non
         return None
     folder = target_dir(Path(cache_dir).absolute(), abi.folder)
     return str(folder) if read_marker(folder) is not None else None
+
+
+def use_installed(cache_dir: str | Path) -> str | None:
+    """Put the flash_attn an init container installed on sys.path (never pip here);
+    the folder, or None when there is none for this interpreter's ABI."""
+    entry = pythonpath_entry(cache_dir)
+    if entry and entry not in sys.path:
+        sys.path.insert(0, entry)
+        log.info("flash_attn from the cache: %s", entry)
+    return entry
 
 
 # --------------------------------------------------------------------------- install

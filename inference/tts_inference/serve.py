@@ -194,13 +194,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     if args.cache_dir is not None:
-        # A flash_attn the init container installed: put it on the path. Never pip here.
-        from tts_inference.flash_attn import pythonpath_entry
+        from tts_inference.flash_attn import use_installed
 
-        entry = pythonpath_entry(args.cache_dir)
-        if entry and entry not in sys.path:
-            sys.path.insert(0, entry)
-            log.info("flash_attn from the cache: %s", entry)
+        use_installed(args.cache_dir)
     settings = ServerSettings(
         model_dir=args.model_dir,
         cache_dir=args.cache_dir,
