@@ -16,6 +16,7 @@ from tests.operator.conftest import NAMESPACE, RunOperator, WaitFor
 from tests.operator.test_flows import _example, _start
 from tests.support.kube_emulator import ApiServer, now_rfc3339
 from tts_operator import constants as c
+from tts_operator.builders.meta import owner_reference
 
 PARTS = 3
 OUTPUT = "s3://my-tts-bucket/outputs/default/chapter-one.flac"
@@ -82,16 +83,7 @@ def _pod_ended(
                 "generateName": f"{meta['name']}-{index}-",
                 "labels": labels,
                 "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
-                "ownerReferences": [
-                    {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
-                        "name": meta["name"],
-                        "uid": meta["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
+                "ownerReferences": [owner_reference(job)],
             },
             "spec": template["spec"],
         },
