@@ -129,6 +129,18 @@ class ServerState:
         return True, "ready"
 
 
+def model_dir_problem(model_dir: Path, cache_dir: Path | None) -> str | None:
+    """Before a process loads the engine: what is wrong with --model-dir, or None. Also puts
+    a flash_attn the init container installed into the cache on sys.path (never pip here)."""
+    if not (model_dir / "model.yaml").exists():
+        return f"{model_dir / 'model.yaml'} not found: --model-dir must be a synced model folder"
+    if cache_dir is not None:
+        from tts_inference.flash_attn import use_installed
+
+        use_installed(cache_dir)
+    return None
+
+
 def default_engine(settings: ServerSettings) -> Engine:
     """The F5-TTS engine; imported here so nothing else pulls torch in."""
     from tts_inference.engine.f5 import F5Engine

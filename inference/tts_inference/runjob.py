@@ -288,16 +288,10 @@ def _scratch(cache_dir: Path | None) -> Iterator[Path]:
 
 def _load_engine(args: argparse.Namespace) -> Engine:
     """The F5-TTS engine, loaded (blocking); the server's own factory."""
-    from tts_inference.app import ServerSettings, default_engine
+    from tts_inference.app import ServerSettings, default_engine, model_dir_problem
 
-    if not (args.model_dir / "model.yaml").exists():
-        raise RunJobError(
-            f"{args.model_dir / 'model.yaml'} not found: --model-dir must be a synced model folder"
-        )
-    if args.cache_dir is not None:
-        from tts_inference.flash_attn import use_installed
-
-        use_installed(args.cache_dir)
+    if problem := model_dir_problem(args.model_dir, args.cache_dir):
+        raise RunJobError(problem)
     settings = ServerSettings(
         model_dir=args.model_dir,
         cache_dir=args.cache_dir,

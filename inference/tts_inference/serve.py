@@ -18,7 +18,7 @@ from types import FrameType
 
 import uvicorn
 
-from tts_inference.app import ServerSettings, ServerState, build_app
+from tts_inference.app import ServerSettings, ServerState, build_app, model_dir_problem
 from tts_inference.engine.base import add_engine_arguments
 
 log = logging.getLogger("tts_inference.serve")
@@ -187,16 +187,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_running_jobs < 1:
         print("error: --max-running-jobs must be >= 1", file=sys.stderr)
         return 2
-    if not (args.model_dir / "model.yaml").exists():
-        print(
-            f"error: {args.model_dir / 'model.yaml'} not found: --model-dir must be a synced model folder",
-            file=sys.stderr,
-        )
+    if problem := model_dir_problem(args.model_dir, args.cache_dir):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.cache_dir is not None:
-        from tts_inference.flash_attn import use_installed
-
-        use_installed(args.cache_dir)
     settings = ServerSettings(
         model_dir=args.model_dir,
         cache_dir=args.cache_dir,

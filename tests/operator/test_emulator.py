@@ -29,6 +29,7 @@ from tests.support.kube_emulator import (
     kopf_peering_crds,
     label_selector,
     merge_patch,
+    schemaless_crd,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -496,34 +497,7 @@ def test_kubernetes_client_talks_to_it(api: ApiServer) -> None:
 
 def test_crds_added_at_runtime_join_discovery(api: ApiServer) -> None:
     assert api.http("GET", "/apis/monitoring.coreos.com/v1")[0] == 404
-    crd = {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "scope": "Namespaced",
-            "names": {
-                "kind": "ServiceMonitor",
-                "plural": "servicemonitors",
-                "singular": "servicemonitor",
-                "listKind": "ServiceMonitorList",
-            },
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    crd = schemaless_crd("monitoring.coreos.com", "ServiceMonitor")
     api.add_crd(crd)
     status, body = api.http("GET", "/apis/monitoring.coreos.com/v1")
     assert status == 200

@@ -2137,37 +2137,46 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return {"name": group, "versions": docs, "preferredVersion": docs[0]}
 
 
+def schemaless_crd(group: str, kind: str, scope: str = "Namespaced", version: str = "v1") -> Body:
+    """A CRD that keeps whatever its objects hold (someone else's kind, e.g. Kopf's or the
+    Prometheus Operator's), with the names a real API server would default."""
+    plural = f"{kind.lower()}s"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": scope,
+            "names": {
+                "kind": kind,
+                "plural": plural,
+                "singular": kind.lower(),
+                "listKind": f"{kind}List",
+            },
+            "versions": [
+                {
+                    "name": version,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
 def kopf_peering_crds() -> list[Body]:
     """Kopf's KopfPeering and ClusterKopfPeering CRDs (kopf.dev/v1), for operators run with peering."""
-    crds = []
-    for kind, scope in (("KopfPeering", "Namespaced"), ("ClusterKopfPeering", "Cluster")):
-        plural = f"{kind.lower()}s"
-        crds.append(
-            {
-                "apiVersion": "apiextensions.k8s.io/v1",
-                "kind": "CustomResourceDefinition",
-                "metadata": {"name": f"{plural}.kopf.dev"},
-                "spec": {
-                    "group": "kopf.dev",
-                    "scope": scope,
-                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-                    "versions": [
-                        {
-                            "name": "v1",
-                            "served": True,
-                            "storage": True,
-                            "schema": {
-                                "openAPIV3Schema": {
-                                    "type": "object",
-                                    "x-kubernetes-preserve-unknown-fields": True,
-                                }
-                            },
-                        }
-                    ],
-                },
-            }
-        )
-    return crds
+    return [
+        schemaless_crd("kopf.dev", "KopfPeering"),
+        schemaless_crd("kopf.dev", "ClusterKopfPeering", scope="Cluster"),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
