@@ -195,6 +195,12 @@ def main() -> int:
         help="the server's --max-batch (on a CPU, 1 is usually faster per audio second)",
     )
     parser.add_argument(
+        "--concurrent-batches",
+        type=int,
+        default=None,
+        help="the server's --concurrent-batches (default: the server's own, 2 on a CPU)",
+    )
+    parser.add_argument(
         "--no-stream", action="store_true", help="skip the streaming first-byte measurement"
     )
     parser.add_argument("--out", type=Path)
@@ -228,6 +234,11 @@ def main() -> int:
         *("--max-wait-ms", "30", "--dtype", args.dtype, "--max-queue", "256"),
         # A closed loop of k clients queues k requests: none may time out waiting.
         *("--request-timeout", "36000"),
+        *(
+            ("--concurrent-batches", str(args.concurrent_batches))
+            if args.concurrent_batches
+            else ()
+        ),
         timeout=1800,
     )
     proc, url, warm_start = server.proc, server.url, server.ready_seconds
@@ -266,6 +277,7 @@ def main() -> int:
         "nfe_step": args.nfe_step,
         "dtype": args.dtype,
         "max_batch": args.max_batch,
+        "concurrent_batches": args.concurrent_batches or "default",
         "baseline": {"per_call_seconds_median": per_call, "throughput": base_tput, **base},
         "levels": results,
         "warm_start_seconds": warm_start,
@@ -273,7 +285,10 @@ def main() -> int:
     }
     out = (
         args.out
-        or ROOT / "bench" / "out" / f"server-{args.size}-{args.dtype}-b{args.max_batch}.json"
+        or ROOT
+        / "bench"
+        / "out"
+        / f"server-{args.size}-{args.dtype}-b{args.max_batch}-c{args.concurrent_batches or 'default'}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -60,6 +60,7 @@ class ServerSettings:
     dtype: str = "auto"
     attn_backend: str = "auto"
     max_batch: int = 8
+    concurrent_batches: int | None = None
     max_wait_ms: float = 10.0
     max_queue: int = 64
     max_input_chars: int = 4096
@@ -151,6 +152,7 @@ def default_engine(settings: ServerSettings) -> Engine:
         dtype=settings.dtype,
         attn_backend=settings.attn_backend,
         max_batch=settings.max_batch,
+        concurrent_batches=settings.concurrent_batches,
     )
 
 

@@ -99,7 +99,9 @@ class ServerMetrics:
             "tts_queue_depth", "Synthesis requests waiting in the queue.", registry=r
         )
         self.running = Gauge(
-            "tts_requests_running", "Synthesis requests in the batch on the device.", registry=r
+            "tts_requests_running",
+            "Synthesis requests in the batches running on the device.",
+            registry=r,
         )
         self.queue_wait_seconds = Histogram(
             "tts_queue_wait_seconds",

@@ -2,8 +2,10 @@
 
 Every request (one text chunk) gets a future. A single consumer takes up to
 ``max_batch`` requests, waiting at most ``max_wait`` for the batch to fill, and
-runs them on the engine in one dedicated thread, so there is exactly one model
-copy and one stream of work on the device. Live requests go before job work.
+runs them on the engine in a dedicated thread, so there is exactly one model
+copy and one stream of work on the device (a CPU engine may ask for more than
+one batch at once through ``Engine.concurrent_batches``: they still share the
+one model, each batch in its own thread). Live requests go before job work.
 Requests whose client went away (future cancelled) or whose deadline passed
 are dropped before they cost device time. A full queue refuses at once.
 """
@@ -64,8 +66,12 @@ class BatchQueue:
         self.max_queue = max_queue
         self._lanes: tuple[deque[_Item], deque[_Item]] = (deque(), deque())
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
+        self.concurrent_batches = max(1, engine.concurrent_batches)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.concurrent_batches, thread_name_prefix="device"
+        )
         self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ producer side
 
@@ -109,6 +115,10 @@ class BatchQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._batches):
+            task.cancel()
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
         for lane in self._lanes:
             while lane:
                 item = lane.popleft()
@@ -134,6 +144,9 @@ class BatchQueue:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if len(self._batches) >= self.concurrent_batches:
+                await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
+                continue
             if not len(self):
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -149,7 +162,12 @@ class BatchQueue:
             self.metrics.queue_depth.set(len(self))
             if not batch:
                 continue
-            await self._execute(batch)
+            if self.concurrent_batches == 1:
+                await self._execute(batch)
+                continue
+            task = loop.create_task(self._execute(batch), name="batch")
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
 
     async def _execute(self, batch: Sequence[_Item]) -> None:
         loop = asyncio.get_running_loop()
@@ -158,7 +176,7 @@ class BatchQueue:
             self.metrics.queue_wait_seconds.observe(start - item.enqueued)
             item.started.set()
         self.metrics.batch_size.observe(len(batch))
-        self.metrics.running.set(len(batch))
+        self.metrics.running.inc(len(batch))
         try:
             results = await loop.run_in_executor(
                 self._executor, self.engine.synthesize_batch, [item.request for item in batch]
@@ -177,5 +195,5 @@ class BatchQueue:
                 if not item.future.done():
                     item.future.set_result(audio)
         finally:
-            self.metrics.running.set(0)
+            self.metrics.running.dec(len(batch))
             self.metrics.batch_seconds.observe(time.monotonic() - start)

@@ -299,6 +299,7 @@ def _load_engine(args: argparse.Namespace) -> Engine:
         dtype=args.dtype,
         attn_backend=args.attn_backend,
         max_batch=args.max_batch,
+        concurrent_batches=args.concurrent_batches,
     )
     engine = default_engine(settings)
     engine.load()
@@ -324,8 +325,15 @@ async def execute(args: argparse.Namespace) -> dict[str, Any]:
         remote = parse_uri(voices_uri, "--voices-uri")
     except ValueError as exc:
         raise RunJobError(str(exc), EXIT_PERMANENT) from None
-    if args.max_batch < 1 or args.s3_max_attempts < 1:
-        raise RunJobError("--max-batch and --s3-max-attempts must be >= 1", EXIT_PERMANENT)
+    concurrent = args.concurrent_batches
+    if (
+        args.max_batch < 1
+        or args.s3_max_attempts < 1
+        or (concurrent is not None and concurrent < 1)
+    ):
+        raise RunJobError(
+            "--max-batch, --concurrent-batches and --s3-max-attempts must be >= 1", EXIT_PERMANENT
+        )
     metrics = ServerMetrics()
     attempts = args.s3_max_attempts
     objects = ObjectStore(lambda: bucket_client(attempts))

@@ -187,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_running_jobs < 1:
         print("error: --max-running-jobs must be >= 1", file=sys.stderr)
         return 2
+    if args.concurrent_batches is not None and args.concurrent_batches < 1:
+        print("error: --concurrent-batches must be >= 1", file=sys.stderr)
+        return 2
     if problem := model_dir_problem(args.model_dir, args.cache_dir):
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -197,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         attn_backend=args.attn_backend,
         max_batch=args.max_batch,
+        concurrent_batches=args.concurrent_batches,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_input_chars=args.max_input_chars,

@@ -320,6 +320,8 @@ def test_bad_settings_are_refused(tiny: Path) -> None:
         F5Engine(tiny, device="cpu", attn_backend="flash_attn")
     with pytest.raises(ValueError, match="max_batch"):
         F5Engine(tiny, device="cpu", max_batch=0)
+    with pytest.raises(ValueError, match="concurrent_batches"):
+        F5Engine(tiny, device="cpu", concurrent_batches=0)
     assert F5Engine(tiny, device="cpu", dtype="bfloat16").info()["dtype"] == "bfloat16"
 
 
@@ -434,6 +436,85 @@ def test_mixed_settings_come_back_in_order(engine: Any, monkeypatch: pytest.Monk
     assert _max_diff(out[1], engine.synthesize_batch(requests[1:2])[0]) <= _bound(out[1])
     assert _max_diff(out[3], out[4]) > 0
     assert engine.synthesize_batch([]) == []
+
+
+def test_two_batches_at_once_each_speak_their_own_audio_and_share_the_cores(tiny: Path) -> None:
+    """Two threads synthesize on one model at once (concurrent_batches=2, a CPU's setting):
+    each request's audio is what it is alone, and a batch running alone gets every core."""
+    import torch
+
+    from tts_inference.engine.f5 import F5Engine
+
+    engine = F5Engine(tiny, device="cpu", concurrent_batches=2, max_batch=1)
+    engine.load()
+    assert engine.info()["concurrent_batches"] == 2
+    cores = torch.get_num_threads()
+    texts = [(SHORT, 11), (MIDDLE, 12), (LONG, 13), (MIDDLE, 14)]
+    alone = [engine.synthesize_batch([_request(t, seed)])[0] for t, seed in texts]
+
+    steps: list[tuple[int, int]] = []  # (thread, its intra-op threads) at each ODE step
+    both_running = threading.Barrier(2, timeout=60)
+
+    def record(module: Any, args: Any) -> None:
+        steps.append((threading.get_ident(), torch.get_num_threads()))
+        if len([s for s in steps if s[0] == threading.get_ident()]) == 1:
+            # Each thread's first step waits for the other's: both are inside sample(),
+            # past their noise draw (a lock held past it would deadlock here).
+            both_running.wait()
+
+    hook = engine._model.transformer.register_forward_pre_hook(record)
+    try:
+        results: dict[int, Audio] = {}
+
+        def run(indices: Sequence[int]) -> None:
+            for i in indices:
+                text, seed = texts[i]
+                results[i] = engine.synthesize_batch([_request(text, seed)])[0]
+
+        workers = [threading.Thread(target=run, args=(ix,)) for ix in ([0, 2], [1, 3])]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+    finally:
+        hook.remove()
+    assert sorted(results) == [0, 1, 2, 3]
+    for i, audio in enumerate(alone):
+        assert len(results[i]) == len(audio)
+        assert _max_diff(results[i], audio) <= _bound(audio), texts[i]
+    # Not vacuous: the four requests are four different sounds.
+    assert min(_max_diff(alone[1], alone[3]), _max_diff(alone[0], alone[2][: len(alone[0])])) > 0
+    if cores >= 2:
+        assert (cores // 2) in {n for _, n in steps}  # shared while both ran
+        steps.clear()
+        hook = engine._model.transformer.register_forward_pre_hook(
+            lambda m, a: steps.append((0, torch.get_num_threads()))
+        )
+        engine.synthesize_batch([_request(MIDDLE, 12)])
+        hook.remove()
+        assert {n for _, n in steps} == {cores}  # alone again: every core
+
+
+def test_a_second_thread_cannot_seed_until_the_first_has_drawn_its_noise() -> None:
+    """CFM.sample seeds torch's global generator, then draws: the two must not interleave."""
+    from tts_inference.engine.f5 import _NoiseLock, _SeedPerItem
+
+    lock = _NoiseLock()
+    first = _SeedPerItem([1, 2], lock)
+    assert (int(first), int(first)) == (1, 2)  # one thread seeds twice: no self-deadlock
+    seeded = threading.Event()
+
+    def second() -> None:
+        assert int(_SeedPerItem([3], lock)) == 3
+        seeded.set()
+        lock.release()
+
+    other = threading.Thread(target=second)
+    other.start()
+    assert not seeded.wait(0.3)  # blocked while the first thread draws
+    lock.release()  # the first thread's first transformer step
+    assert seeded.wait(30)
+    other.join(30)
 
 
 def _sentences(text: str) -> list[str]:

@@ -53,6 +53,9 @@ class Engine(abc.ABC):
     """Loads once, warms up once, then synthesizes batches until unloaded."""
 
     sample_rate: int = SAMPLE_RATE
+    #: How many batches the queue may run at once, each in its own thread, on this one
+    #: model. One on a GPU (one stream of work); a CPU engine may share its cores.
+    concurrent_batches: int = 1
 
     @property
     @abc.abstractmethod
@@ -101,3 +104,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, max_batch_help: str
     )
     parser.add_argument("--attn-backend", default="auto", choices=["auto", "torch", "flash_attn"])
     parser.add_argument("--max-batch", type=int, default=8, help=max_batch_help)
+    parser.add_argument(
+        "--concurrent-batches",
+        type=int,
+        default=None,
+        help="batches run at once on the one model, CPU only; they share the cores, and a "
+        "batch running alone gets them all (default: 2 on a CPU with 2+ cores, else 1)",
+    )

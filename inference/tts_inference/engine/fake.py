@@ -33,11 +33,21 @@ class FakeEngine(Engine):
 
     ``delay`` makes each batch wait up to that many seconds, or until ``release()``;
     ``started`` is set when a batch begins, so a test can wait for it instead of sleeping.
+    ``running`` and ``peak_running`` count batches inside synthesize_batch at once.
     """
 
     def __init__(
-        self, *, delay: float = 0.0, fail_on: str | None = None, max_chars: int = 135
+        self,
+        *,
+        delay: float = 0.0,
+        fail_on: str | None = None,
+        max_chars: int = 135,
+        concurrent_batches: int = 1,
     ) -> None:
+        self.concurrent_batches = concurrent_batches
+        self.running = 0
+        self.peak_running = 0
+        self._running = threading.Condition()
         self.delay = delay
         self.fail_on = fail_on
         self.max_chars = max_chars
@@ -68,7 +78,23 @@ class FakeEngine(Engine):
         """The length of the audio synthesize_batch returns for ``text``."""
         return max(1, math.ceil(len(text) * SECONDS_PER_CHAR / speed * SAMPLE_RATE))
 
+    def wait_running(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until ``count`` batches are inside synthesize_batch at once."""
+        with self._running:
+            return self._running.wait_for(lambda: self.running >= count, timeout)
+
     def synthesize_batch(self, requests: Sequence[SynthesisRequest]) -> list[Audio]:
+        with self._running:
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+            self._running.notify_all()
+        try:
+            return self._synthesize(requests)
+        finally:
+            with self._running:
+                self.running -= 1
+
+    def _synthesize(self, requests: Sequence[SynthesisRequest]) -> list[Audio]:
         self.calls += 1
         self.batches.append(len(requests))
         self.requests.extend(requests)
