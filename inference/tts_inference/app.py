@@ -59,7 +59,7 @@ class ServerSettings:
     device: str | None = None
     dtype: str = "auto"
     attn_backend: str = "auto"
-    max_batch: int = 8
+    max_batch: int | None = None  # None: the engine's own (8 on CUDA, 1 on a CPU)
     concurrent_batches: int | None = None
     max_wait_ms: float = 10.0
     max_queue: int = 64
@@ -335,10 +335,11 @@ async def _load(
         metrics.info.info({"version": __version__, **info})
         if str(engine.device).startswith("cuda"):
             metrics.track_gpu_memory(_cuda_memory)
+        max_batch = settings.max_batch or engine.max_batch
         queue = BatchQueue(
             engine,
             metrics,
-            max_batch=settings.max_batch,
+            max_batch=max_batch,
             max_wait=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
         )
@@ -362,7 +363,7 @@ async def _load(
                 max_running=settings.max_running_jobs,
                 max_pending=settings.max_pending_jobs,
                 max_text_chars=settings.max_job_chars,
-                window=max(1, min(2 * settings.max_batch, settings.max_queue // 2)),
+                window=max(1, min(2 * max_batch, settings.max_queue // 2)),
                 upload_attempts=settings.upload_attempts,
                 retry_backoff=settings.retry_backoff,
                 heartbeat_seconds=settings.job_heartbeat_seconds,

@@ -327,7 +327,7 @@ async def execute(args: argparse.Namespace) -> dict[str, Any]:
         raise RunJobError(str(exc), EXIT_PERMANENT) from None
     concurrent = args.concurrent_batches
     if (
-        args.max_batch < 1
+        (args.max_batch is not None and args.max_batch < 1)
         or args.s3_max_attempts < 1
         or (concurrent is not None and concurrent < 1)
     ):
@@ -349,7 +349,7 @@ async def execute(args: argparse.Namespace) -> dict[str, Any]:
         settings = JobSettings(
             allowed_buckets=buckets,
             max_running=1,
-            window=max(1, min(2 * args.max_batch, max_queue // 2)),
+            window=max(1, min(2 * (args.max_batch or Engine.max_batch), max_queue // 2)),
         )
         manager = JobManager(None, objects, settings, metrics, voices=voices)
         try:
@@ -382,7 +382,12 @@ async def execute(args: argparse.Namespace) -> dict[str, Any]:
         try:
             if parts == 1 or job.part_head is None:  # a part already made needs no model
                 engine = await asyncio.to_thread(_load_engine, args)
-                queue = BatchQueue(engine, metrics, max_batch=args.max_batch, max_queue=max_queue)
+                queue = BatchQueue(
+                    engine,
+                    metrics,
+                    max_batch=args.max_batch or engine.max_batch,
+                    max_queue=max_queue,
+                )
                 queue.start()
                 manager.service = SpeechService(engine, queue, voices, metrics, Defaults())
             await manager.run(job)

@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not (1 <= args.max_batch <= 256 and args.max_queue >= 1 and 1 <= args.nfe_step <= 64):
+    max_batch_ok = args.max_batch is None or 1 <= args.max_batch <= 256
+    if not (max_batch_ok and args.max_queue >= 1 and 1 <= args.nfe_step <= 64):
         print(
             "error: --max-batch must be 1..256, --max-queue >= 1, --nfe-step 1..64", file=sys.stderr
         )

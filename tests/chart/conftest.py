@@ -119,6 +119,9 @@ def image_server(
         "2",
         "--max-queue",
         "6",
+        # One batch at a time: the load test counts on requests outwaiting their deadline.
+        "--concurrent-batches",
+        "1",
         "--request-timeout",
         "1.5",
         "--drain-grace",

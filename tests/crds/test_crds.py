@@ -150,6 +150,14 @@ BAD_SPECS: list[tuple[str, str, str, list[tuple[str, Any]], str]] = [
         "spec.textFrom",
     ),
     ("empty-text", "TTSJob", "hello-on-endpoint", [("spec.text", "")], "spec.text"),
+    (
+        "int8-on-a-gpu",
+        "TTSEndpoint",
+        "f5tts",
+        [("spec.inference.dtype", "int8"), ("spec.resources.gpus", 1)],
+        "int8 runs on CPUs only",
+    ),
+    ("unknown-dtype", "TTSEndpoint", "f5tts", [("spec.inference.dtype", "int4")], "dtype"),
     ("text-over-limit", "TTSJob", "hello-on-endpoint", [("spec.text", "a" * 100001)], "spec.text"),
     (
         "endpointRef-and-model",
@@ -527,6 +535,10 @@ def test_cel_rules_accept_every_example_and_valid_alternatives() -> None:
     }
     endpoint["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 4}
     assert crdschema.validate(endpoint).ok
+    cpu = example("TTSEndpoint", "f5tts")
+    cpu["spec"]["resources"] = {"gpus": 0}
+    cpu["spec"]["inference"] = {"dtype": "int8"}
+    assert crdschema.validate(cpu).ok
 
 
 def test_chart_crds_equal_the_source_crds() -> None:

@@ -212,7 +212,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def engine(tiny: Path) -> Any:
     from tts_inference.engine.f5 import F5Engine
 
-    loaded = F5Engine(tiny, device="cpu")
+    loaded = F5Engine(tiny, device="cpu", max_batch=8)  # batching on, as on a GPU
     loaded.load()
     yield loaded
     loaded.unload()
@@ -312,6 +312,8 @@ def test_a_corrupt_checkpoint_is_named(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_bad_settings_are_refused(tiny: Path) -> None:
+    import torch
+
     from tts_inference.engine.f5 import EngineError, F5Engine
 
     with pytest.raises(EngineError, match="dtype"):
@@ -323,6 +325,10 @@ def test_bad_settings_are_refused(tiny: Path) -> None:
     with pytest.raises(ValueError, match="concurrent_batches"):
         F5Engine(tiny, device="cpu", concurrent_batches=0)
     assert F5Engine(tiny, device="cpu", dtype="bfloat16").info()["dtype"] == "bfloat16"
+    # A CPU's defaults: one request per batch, two batches at once (on two or more cores).
+    defaults = F5Engine(tiny, device="cpu").info()
+    assert defaults["max_batch"] == 1
+    assert defaults["concurrent_batches"] == min(2, torch.get_num_threads())
 
 
 def test_one_request_speaks_for_the_f5_duration(engine: Any) -> None:
@@ -395,7 +401,7 @@ def test_without_the_attention_mask_batching_changes_the_audio(tiny: Path) -> No
     """The reverse check: the same test fails when padded frames take part in attention."""
     from tts_inference.engine.f5 import F5Engine
 
-    unmasked = F5Engine(tiny, device="cpu")
+    unmasked = F5Engine(tiny, device="cpu", max_batch=8)
     unmasked._attn_mask_enabled = False
     unmasked.load()
     assert unmasked.info()["attn_mask"] is False
@@ -408,7 +414,7 @@ def test_int8_on_cpu_speaks_and_batching_still_changes_nothing(tiny: Path) -> No
     a batch cannot change a request's audio; its audio stays close to float32's."""
     from tts_inference.engine.f5 import F5Engine
 
-    int8 = F5Engine(tiny, device="cpu", dtype="int8")
+    int8 = F5Engine(tiny, device="cpu", dtype="int8", max_batch=8)
     int8.load()
     assert int8.info()["dtype"] == "int8"
     alone, batch = _alone_and_batched(int8)

@@ -46,6 +46,9 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "4",
         "--max-wait-ms",
         "50",
+        # Batching on, as on a GPU (a CPU's default is one request per batch).
+        "--max-batch",
+        "8",
     )
     yield srv
     stop(srv)

@@ -453,4 +453,18 @@ def test_cpu_endpoints_serve_one_request_at_a_time_unless_told(
     argv = _containers(pod)["server"]["command"]
     args = build_parser("serve").parse_args(argv[1:])
     assert argv.count("--max-batch") <= 1
-    assert args.max_batch == (8 if max_batch is None else int(max_batch))
+    # None: the server's own default (8 on CUDA).
+    assert args.max_batch == (None if max_batch is None else int(max_batch))
+
+
+def test_a_cpu_endpoint_may_run_int8() -> None:
+    ep = endpoint(resources={"gpus": 0}, inference={"dtype": "int8"})
+    pod = b.deployment(ep, CONFIG, cache_ready=True)["spec"]["template"]["spec"]
+    argv = _containers(pod)["server"]["command"]
+    args = build_parser("serve").parse_args(argv[1:])
+    assert (args.dtype, args.max_batch) == ("int8", 1)
+    default = b.deployment(endpoint(), CONFIG, cache_ready=True)["spec"]["template"]["spec"]
+    assert (
+        build_parser("serve").parse_args(_containers(default)["server"]["command"][1:]).dtype
+        == "auto"
+    )

@@ -56,6 +56,8 @@ class Engine(abc.ABC):
     #: How many batches the queue may run at once, each in its own thread, on this one
     #: model. One on a GPU (one stream of work); a CPU engine may share its cores.
     concurrent_batches: int = 1
+    #: Most requests per batch, when the server's settings name none.
+    max_batch: int = 8
 
     @property
     @abc.abstractmethod
@@ -103,7 +105,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, max_batch_help: str
         help="auto: float16 on CUDA, float32 on CPU; int8: dynamic int8 Linear layers, CPU only, ~3x faster there",
     )
     parser.add_argument("--attn-backend", default="auto", choices=["auto", "torch", "flash_attn"])
-    parser.add_argument("--max-batch", type=int, default=8, help=max_batch_help)
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help=f"{max_batch_help} (default: 8 on CUDA, 1 on a CPU)",
+    )
     parser.add_argument(
         "--concurrent-batches",
         type=int,

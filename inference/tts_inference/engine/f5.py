@@ -249,15 +249,18 @@ class F5Engine(Engine):
         device: str | None = None,
         dtype: str = "auto",
         attn_backend: str = "auto",
-        max_batch: int = 8,
+        max_batch: int | None = None,
         concurrent_batches: int | None = None,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.model_dir = Path(model_dir)
-        self.max_batch = max_batch
         self._device = _resolve_device(device)
         on_cpu = self._device.startswith("cpu")
+        # A batch of n costs about n single passes on a CPU: batching is for GPUs.
+        if max_batch is None:
+            max_batch = 1 if on_cpu else 8
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self.max_batch = max_batch
         # The cores the batches running at once share (torch's intra-op threads).
         self._threads = torch.get_num_threads()
         if concurrent_batches is None:

@@ -299,6 +299,7 @@ def serve_command(spec: Obj) -> list[str]:
         ("maxBatch", "--max-batch"),
         ("maxWaitMs", "--max-wait-ms"),
         ("maxQueue", "--max-queue"),
+        ("dtype", "--dtype"),
     ):
         if key in inference:
             cmd += [flag, str(inference[key])]
