@@ -109,24 +109,28 @@ def profile(engine: Any, request: Any) -> dict[str, float]:
     return {name: value / whole for name, value in totals.items()}
 
 
-def two_at_once(engine: Any, requests: list[Any]) -> dict[str, Any]:
-    start = time.perf_counter()
-    alone = [engine.synthesize_batch([r])[0] for r in requests]
-    sequential = time.perf_counter() - start
+def two_at_once(engine: Any, requests: list[Any], rounds: int) -> dict[str, Any]:
+    """``rounds`` times: the requests one after the other, then all at once (alternating)."""
+    sequential = concurrent = 0.0
     together: dict[int, Any] = {}
 
     def run(i: int) -> None:
         together[i] = engine.synthesize_batch([requests[i]])[0]
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    concurrent = time.perf_counter() - start
+    for _ in range(rounds):
+        start = time.perf_counter()
+        alone = [engine.synthesize_batch([r])[0] for r in requests]
+        sequential += time.perf_counter() - start
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        concurrent += time.perf_counter() - start
     diff = max(float(np.abs(alone[i] - together[i]).max()) for i in range(len(requests)))
     return {
+        "rounds": rounds,
         "one_after_the_other_seconds": sequential,
         "at_once_seconds": concurrent,
         "speedup": sequential / concurrent,
@@ -147,6 +151,7 @@ def main() -> int:
     )
     parser.add_argument("--nfe-step", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per kernel")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the two-at-once test")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "cpu.json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -171,7 +176,7 @@ def main() -> int:
     int8.synthesize_batch(requests[:1])  # first-call costs
     report["int8_profile_share"] = profile(int8, requests[0])
     print("one int8 request, share of CPU time:", report["int8_profile_share"], flush=True)
-    pair = two_at_once(int8, requests)
+    pair = two_at_once(int8, requests, args.rounds)
     int8_audio = pair.pop("audio")
     report["two_int8_requests"] = pair
     print("two int8 requests:", pair, flush=True)

@@ -27,8 +27,8 @@ busy), so the queue may run two batches at once on the one model instead, each
 in its own thread (``concurrent_batches``). The DiT keeps its text cache per
 thread (f5-tts made it thread-local); the one thing threads share is torch's
 global generator, which ``CFM.sample`` seeds and then draws from, so the draw is
-done under a lock (``_NoiseLock``). Each ODE step sets its thread's share of the
-cores: a batch running alone gets them all.
+done under a lock (``_NoiseLock``). Each DiT block sets its thread's share of
+the cores: a batch running alone gets them all.
 
 Everything else (rms normalisation, text, duration, trimming) mirrors
 ``f5_tts.infer.utils_infer.infer_process`` and ``infer_batch_process`` of
@@ -375,6 +375,12 @@ class F5Engine(Engine):
                 model.transformer, {torch.nn.Linear}, dtype=torch.qint8
             )
         model.transformer.register_forward_pre_hook(self._on_step)
+        if self.concurrent_batches > 1:
+            # Each block re-takes its share, so a batch that started alone gives up a core
+            # within a block (not a whole step) of another starting: never more threads
+            # than cores for long.
+            for block in model.transformer.transformer_blocks:
+                block.register_forward_pre_hook(self._on_block)
         self._config = config
         self._model = model.eval()
         self._vocoder = vocoder
@@ -493,6 +499,9 @@ class F5Engine(Engine):
     def _on_step(self, module: Any, args: Any) -> None:
         """Before each transformer call: this thread's noise is drawn; take its share of cores."""
         self._noise_lock.release()
+        self._fit_threads()
+
+    def _on_block(self, module: Any, args: Any) -> None:
         self._fit_threads()
 
     def _fit_threads(self) -> None:
