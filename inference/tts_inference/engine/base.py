@@ -102,7 +102,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, max_batch_help: str
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16", "int8"],
-        help="auto: float16 on CUDA, float32 on CPU; int8: dynamic int8 Linear layers, CPU only, ~3x faster there",
+        help="auto: float16 on CUDA, float32 on CPU; int8: dynamic int8 Linear layers, CPU only, ~1.6x faster there",
     )
     parser.add_argument("--attn-backend", default="auto", choices=["auto", "torch", "flash_attn"])
     parser.add_argument(

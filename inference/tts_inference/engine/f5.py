@@ -277,9 +277,9 @@ class F5Engine(Engine):
         self._running_lock = threading.Lock()
         self._noise_lock = _NoiseLock()
         # int8: dynamic int8 quantization of the transformer's Linear layers on CPU
-        # (about 3x faster there than float32 on AVX2). Its activation scales are
-        # computed per input tensor, so requests run one at a time in that mode:
-        # a batch could otherwise change a request's audio.
+        # (2x float32's speed there on AVX2, 1.6x for a whole request). Its activation
+        # scales are computed per input tensor, so a batch holds one request in that
+        # mode: a batch could otherwise change a request's audio.
         self._quantize = dtype == "int8"
         if self._quantize and not self._device.startswith("cpu"):
             raise EngineError(f"dtype int8 is for CPU; on {self._device} use float16 or bfloat16")
@@ -368,7 +368,7 @@ class F5Engine(Engine):
         except Exception as exc:
             raise EngineError(f"{vocoder_dir}: cannot load the vocoder: {exc}") from exc
         if self._quantize:
-            # oneDNN's int8 kernels are the fastest of torch's on x86 (about 5 % over fbgemm's).
+            # oneDNN's int8 kernels are the fastest of torch's on x86 (bench/cpu_bench.py).
             if "onednn" in torch.backends.quantized.supported_engines:
                 torch.backends.quantized.engine = "onednn"
             model.transformer = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
