@@ -497,11 +497,11 @@ class F5Engine(Engine):
         )
 
     def _on_step(self, module: Any, args: Any) -> None:
-        """Before each transformer call: this thread's noise is drawn; take its share of cores."""
+        """Before each transformer call: this thread's noise is drawn."""
         self._noise_lock.release()
-        self._fit_threads()
 
     def _on_block(self, module: Any, args: Any) -> None:
+        """Before each DiT block: take this thread's share of the cores."""
         self._fit_threads()
 
     def _fit_threads(self) -> None:
