@@ -162,9 +162,6 @@ class BatchQueue:
             self.metrics.queue_depth.set(len(self))
             if not batch:
                 continue
-            if self.concurrent_batches == 1:
-                await self._execute(batch)
-                continue
             task = loop.create_task(self._execute(batch), name="batch")
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
