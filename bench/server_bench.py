@@ -67,7 +67,7 @@ def baseline(model_dir: Path, size: str, nfe: int, calls: int) -> dict[str, Any]
     from f5_tts.infer.utils_infer import load_model, load_vocoder
     from f5_tts.model import DiT
 
-    from tts_inference.tiny_model import load_config
+    from tts_inference.model_folder import load_config
 
     cfg = load_config(model_dir)
     ckpt, vocab, vocos = (

@@ -34,6 +34,7 @@ from tts_inference.engine.base import Engine, SynthesisParams, SynthesisRequest
 from tts_inference.errors import ApiError
 from tts_inference.jobs import JobManager, JobSettings
 from tts_inference.metrics import ServerMetrics
+from tts_inference.model_folder import CONFIG_NAME, known_names
 from tts_inference.objects import ObjectStore, S3Uri, bucket_client, parse_uri
 from tts_inference.protocol import error_payload
 from tts_inference.queue import BatchQueue, DeadlineExceeded, QueueFull
@@ -133,8 +134,12 @@ class ServerState:
 def model_dir_problem(model_dir: Path, cache_dir: Path | None) -> str | None:
     """Before a process loads the engine: what is wrong with --model-dir, or None. Also puts
     a flash_attn the init container installed into the cache on sys.path (never pip here)."""
-    if not (model_dir / "model.yaml").exists():
-        return f"{model_dir / 'model.yaml'} not found: --model-dir must be a synced model folder"
+    if not (model_dir / CONFIG_NAME).exists():
+        return (
+            f"{model_dir / CONFIG_NAME} not found: --model-dir must be a synced model folder "
+            f"(tts-inference publish writes {CONFIG_NAME} into a revision of {known_names()} "
+            "mirrored from the hub; publish a new revision with it)"
+        )
     if cache_dir is not None:
         from tts_inference.flash_attn import use_installed
 

@@ -156,7 +156,9 @@ def _model_name(model_dir: Path) -> str:
     try:
         import yaml
 
-        doc = yaml.safe_load((model_dir / "model.yaml").read_text())
+        from tts_inference.model_folder import CONFIG_NAME
+
+        doc = yaml.safe_load((model_dir / CONFIG_NAME).read_text())
         return str(doc.get("name") or model_dir.name)
     except (OSError, ValueError, AttributeError):
         return model_dir.name

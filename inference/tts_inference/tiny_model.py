@@ -4,7 +4,8 @@ The folder has the same files, names and formats as the published model
 (``SWivid/F5-TTS`` ``F5TTS_v1_Base/model_1250000.safetensors`` and its
 ``vocab.txt``) and vocoder (``charactr/vocos-mel-24khz``: ``config.yaml`` and
 ``pytorch_model.bin``), plus the ``model.yaml`` that every model folder of this
-project carries, so the tiny model and F5TTS_v1_Base load through the same code::
+project carries (the format is tts_inference.model_folder's), so the tiny model
+and F5TTS_v1_Base load through the same code::
 
     OUT_DIR/
       model.yaml                  the model's own config (see model_config)
@@ -39,16 +40,23 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tts_inference.model_folder import (
+    CONFIG_NAME,
+    KNOWN_MODELS,
+    VOCAB_NAME,
+    VOCODER_CONFIG_NAME,
+    VOCODER_DIR,
+    VOCODER_WEIGHTS_NAME,
+    packaged_vocab_file,
+)
+from tts_inference.model_folder import model_config as folder_config
+
 if TYPE_CHECKING:
     import torch
 
-CONFIG_NAME = "model.yaml"
 CHECKPOINT_STEP = 1_250_000
-CHECKPOINT_NAME = f"model_{CHECKPOINT_STEP}.safetensors"
-VOCAB_NAME = "vocab.txt"
-VOCODER_DIR = "vocos"
-VOCODER_CONFIG_NAME = "config.yaml"
-VOCODER_WEIGHTS_NAME = "pytorch_model.bin"
+#: F5TTS_v1_Base's checkpoint name on the hub: model_1250000.safetensors.
+CHECKPOINT_NAME = KNOWN_MODELS["F5TTS_v1_Base"].checkpoint
 EMA_PREFIX = "ema_model."
 
 # The published checkpoint also holds the EMA wrapper's bookkeeping; the loader drops these two keys.
@@ -68,6 +76,16 @@ TINY_ARCH: dict[str, Any] = {
     "attn_backend": "torch",
     "attn_mask_enabled": False,
     "checkpoint_activations": False,
+}
+
+#: A tiny UNetT (E2TTS_Base's backbone, with E2TTS_Base's options), for the same purpose.
+TINY_UNET_ARCH: dict[str, Any] = {
+    "dim": 64,
+    "depth": 2,
+    "heads": 2,
+    "ff_mult": 2,
+    "text_mask_padding": False,
+    "pe_attn_head": 1,
 }
 
 #: F5TTS_v1_Base's arch, as in f5-tts's f5_tts/configs/F5TTS_v1_Base.yaml (a test checks they match).
@@ -102,23 +120,34 @@ VOCODER_SIZES: dict[str, dict[str, int]] = {
     "full": {"dim": 512, "intermediate_dim": 1536, "num_layers": 8},
 }
 
-REQUIRED_KEYS = ("name", "backbone", "arch", "mel_spec", "checkpoint", "vocab", "vocoder")
-
 # Zero-initialised layers (DiT zeroes its AdaLN and output layers) get this instead, so every
 # weight is random and a weight that failed to load shows in the output.
 _INIT_STD = 0.02
 
 
-def model_config(name: str, arch: Mapping[str, Any]) -> dict[str, Any]:
+def model_config(name: str, arch: Mapping[str, Any], backbone: str = "DiT") -> dict[str, Any]:
     """The model.yaml of a model folder laid out as make_model writes it."""
+    return folder_config(
+        name=name, backbone=backbone, arch=arch, mel_spec=MEL_SPEC, checkpoint=CHECKPOINT_NAME
+    )
+
+
+def f5_config(name: str, arch: Mapping[str, Any], backbone: str = "DiT") -> dict[str, Any]:
+    """The same model as a config in f5-tts's own format (f5_tts/configs/<name>.yaml's).
+
+    ``publish --model-config`` reads this format; it is how a folder laid out as
+    the hub lays out F5TTS_v1_Base but holding these weights is published.
+    """
     return {
-        "name": name,
-        "backbone": "DiT",
-        "arch": dict(arch),
-        "mel_spec": dict(MEL_SPEC),
-        "checkpoint": CHECKPOINT_NAME,
-        "vocab": VOCAB_NAME,
-        "vocoder": {"name": "vocos", "path": VOCODER_DIR},
+        "model": {
+            "name": name,
+            "tokenizer": "custom",
+            "tokenizer_path": None,
+            "backbone": backbone,
+            "arch": dict(arch),
+            "mel_spec": dict(MEL_SPEC),
+            "vocoder": {"is_local": False, "local_path": None},
+        }
     }
 
 
@@ -156,24 +185,20 @@ def vocoder_config(size: str = "tiny") -> dict[str, Any]:
     }
 
 
-def package_vocab_file() -> Path:
-    """The vocab.txt that f5-tts ships and its pretrained models use."""
-    from importlib.resources import files
-
-    return Path(str(files("f5_tts").joinpath("infer/examples/vocab.txt")))
-
-
-def build_cfm(arch: Mapping[str, Any], vocab_file: Path) -> torch.nn.Module:
-    """f5-tts's CFM around a DiT, built the way f5_tts.infer.utils_infer.load_model builds it."""
+def build_cfm(arch: Mapping[str, Any], vocab_file: Path, backbone: str = "DiT") -> torch.nn.Module:
+    """f5-tts's CFM around a DiT (or UNetT), built as f5_tts.infer.utils_infer.load_model builds it."""
     from tts_inference.engine.f5_package import import_f5
+    from tts_inference.model_folder import BACKBONES
 
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, not {backbone!r}")
     CFM = import_f5("f5_tts.model.cfm").CFM
-    DiT = import_f5("f5_tts.model.backbones.dit").DiT
+    backbone_cls = getattr(import_f5(f"f5_tts.model.backbones.{BACKBONES[backbone]}"), backbone)
     get_tokenizer = import_f5("f5_tts.model.utils").get_tokenizer
     vocab_char_map, vocab_size = get_tokenizer(str(vocab_file), "custom")
     mel = MEL_SPEC
     model: torch.nn.Module = CFM(
-        transformer=DiT(**arch, text_num_embeds=vocab_size, mel_dim=mel["n_mel_channels"]),
+        transformer=backbone_cls(**arch, text_num_embeds=vocab_size, mel_dim=mel["n_mel_channels"]),
         mel_spec_kwargs={
             "n_fft": mel["n_fft"],
             "hop_length": mel["hop_length"],
@@ -214,15 +239,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_folder(folder: Path, *, arch: Mapping[str, Any], name: str, vocoder: str) -> None:
+def _write_folder(
+    folder: Path, *, arch: Mapping[str, Any], name: str, vocoder: str, backbone: str
+) -> None:
     import torch
     from safetensors.torch import save_file
     from vocos import Vocos
 
-    vocab_file = package_vocab_file()
+    vocab_file = packaged_vocab_file()
     shutil.copyfile(vocab_file, folder / VOCAB_NAME)
 
-    model = build_cfm(arch, vocab_file)
+    model = build_cfm(arch, vocab_file, backbone)
     _randomise_zeros(model)
     tensors = {k: v.detach().contiguous() for k, v in checkpoint_tensors(model).items()}
     save_file(tensors, str(folder / CHECKPOINT_NAME))
@@ -236,7 +263,8 @@ def _write_folder(folder: Path, *, arch: Mapping[str, Any], name: str, vocoder: 
     torch.save(vocos.state_dict(), vocos_dir / VOCODER_WEIGHTS_NAME)
 
     # The config goes in last: a folder with a model.yaml has every other file.
-    (folder / CONFIG_NAME).write_text(yaml.safe_dump(model_config(name, arch), sort_keys=False))
+    config = model_config(name, arch, backbone)
+    (folder / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def make_model(
@@ -246,6 +274,7 @@ def make_model(
     name: str = "tiny",
     seed: int = 0,
     vocoder: str = "tiny",
+    backbone: str = "DiT",
 ) -> Path:
     """Write a random-weight model folder at ``out_dir`` and return its path.
 
@@ -266,7 +295,7 @@ def make_model(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            _write_folder(partial, arch=arch, name=name, vocoder=vocoder)
+            _write_folder(partial, arch=arch, name=name, vocoder=vocoder, backbone=backbone)
         for path in partial.rglob("*"):
             if path.is_file():
                 path.chmod(0o644)
@@ -282,30 +311,6 @@ def make_model(
         raise
     _fsync(out_dir.parent)
     return out_dir
-
-
-def load_config(model_dir: Path) -> dict[str, Any]:
-    """The model.yaml of a model folder; its file names are relative to the folder."""
-    path = Path(model_dir) / CONFIG_NAME
-    try:
-        config = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path} is missing: a model folder carries its own model.yaml "
-            "(tts-inference make-tiny-model writes one)"
-        ) from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a mapping, got {type(config).__name__}")
-    missing = [key for key in REQUIRED_KEYS if key not in config]
-    if missing:
-        raise ValueError(f"{path}: missing keys {', '.join(missing)}")
-    for key in ("arch", "mel_spec", "vocoder"):
-        if not isinstance(config[key], dict):
-            raise ValueError(f"{path}: {key} must be a mapping")
-    vocoder_missing = [key for key in ("name", "path") if key not in config["vocoder"]]
-    if vocoder_missing:
-        raise ValueError(f"{path}: vocoder is missing {', '.join(vocoder_missing)}")
-    return config
 
 
 def folder_size(folder: Path) -> int:

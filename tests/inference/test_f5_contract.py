@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tts_inference import tiny_model
+from tts_inference import model_folder, tiny_model
 
 PINNED = "1.1.22"
 
@@ -210,6 +210,54 @@ def test_f5tts_api_exists_but_downloads() -> None:
     assert "cached_path(" in src
 
 
+@pytest.mark.parametrize("name", list(model_folder.KNOWN_MODELS))
+def test_known_models_are_what_f5tts_downloads_by_name(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """model_folder.KNOWN_MODELS: the checkpoint F5TTS(model=name) fetches, and the config it reads.
+
+    publish writes a hub folder's model.yaml from these; if f5-tts renames a
+    checkpoint or moves its configs, a published folder would no longer match.
+    """
+    from importlib.resources import files
+
+    from f5_tts import api
+    from f5_tts.infer import utils_infer
+
+    asked: list[str] = []
+
+    class Fetched(Exception):
+        pass
+
+    def cached_path(url: str, **kwargs: Any) -> str:
+        asked.append(url)
+        raise Fetched
+
+    monkeypatch.setattr(api, "cached_path", cached_path)
+    monkeypatch.setattr(api, "load_vocoder", lambda *args, **kwargs: None)
+    with pytest.raises(Fetched):
+        api.F5TTS(model=name, device="cpu")
+    known = model_folder.KNOWN_MODELS[name]
+    assert asked == [f"{known.hub_folder}/{known.checkpoint}"]
+    # The config F5TTS reads by name is the file publish reads without importing f5_tts.
+    packaged = Path(str(files("f5_tts").joinpath(f"configs/{name}.yaml")))
+    assert model_folder.packaged_config_file(name) == packaged
+    # And the vocab load_model falls back to is the one publish adds where a folder has none.
+    assert '"infer/examples/vocab.txt"' in _source(utils_infer.load_model)
+    assert model_folder.packaged_vocab_file() == Path(
+        str(files("f5_tts").joinpath("infer/examples/vocab.txt"))
+    )
+
+
+def test_unett_takes_what_the_engine_passes() -> None:
+    """E2TTS_Base is a UNetT: the engine passes it attn_backend and attn_mask_enabled and
+    hooks each layer's attention (layers[i] = [skip_proj, attn_norm, attn, ff_norm, ff])."""
+    from f5_tts.model.backbones.unett import UNetT
+
+    _has(UNetT.__init__, "attn_backend", "attn_mask_enabled", "text_num_embeds", "mel_dim")
+    assert "nn.ModuleList( [ skip_proj, attn_norm, attn, ff_norm, ff," in _source(UNetT.__init__)
+
+
 #: sha256 of "name shape" lines of the F5TTS_v1_Base checkpoint layout (f5-tts 1.1.22).
 LAYOUT_SHA256 = "b78e78b4c3fc10988569885ceeb87f8ee549b3900b2721daf955eaa75d987a8a"
 
@@ -221,7 +269,7 @@ def test_checkpoint_key_layout() -> None:
 
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     with torch.device("meta"):
-        model: CFM = tiny_model.build_cfm(tiny_model.FULL_ARCH, tiny_model.package_vocab_file())
+        model: CFM = tiny_model.build_cfm(tiny_model.FULL_ARCH, model_folder.packaged_vocab_file())
     tensors = tiny_model.checkpoint_tensors(model)
     # load_checkpoint's own mapping: strip "ema_model.", drop the EMA bookkeeping.
     expected = {k.replace("ema_model.", "") for k in tensors if k not in tiny_model.EMA_BOOKKEEPING}

@@ -3,6 +3,13 @@
 The hub is tests/support/fake_hub.py on 127.0.0.1 (HF_ENDPOINT points the
 unmodified huggingface_hub at it); the bucket is moto behind the counting
 proxy. The console script runs in a subprocess, as in a pod.
+
+test-org/test-model is a repo laid out for this project (its folder carries a
+model.yaml, so it is mirrored as it is). SWivid/F5-TTS, SWivid/E2-TTS and
+charactr/vocos-mel-24khz are laid out as the real hub lays them out (no
+model.yaml; the file names f5-tts downloads), holding tiny random weights in
+the real checkpoint's key layout: publish writes their model.yaml, and the
+result syncs and serves.
 """
 
 from __future__ import annotations
@@ -15,10 +22,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
-from tests.support.fake_hub import FakeHub, fake_hub
+from tests.conftest import require_tool
+from tests.support.fake_hub import (
+    F5_HUB,
+    VOCOS_REPO,
+    FakeHub,
+    f5_hub_files,
+    fake_hub,
+    vocos_hub_files,
+)
 from tests.support.s3 import SECRET_KEY, S3Server, free_port
+from tests.support.server import start_server, stop
+from tts_inference import model_folder
 from tts_inference.cache.hf import HfUri
 from tts_inference.cache.store import CacheError
 
@@ -47,11 +66,13 @@ class Hub:
 @pytest.fixture(scope="module")
 def hub() -> Iterator[Hub]:
     v1 = {
+        f"{MODEL}/model.yaml": b"name: first\n",
         f"{MODEL}/model_1250000.safetensors": os.urandom(2 * MIB + 17),
         f"{MODEL}/vocab.txt": b"a\nb\nc\n",
         "README.md": b"# test model, first commit\n",
     }
     main = {
+        f"{MODEL}/model.yaml": b"name: F5TTS_v1_Base\n",
         f"{MODEL}/model_1250000.safetensors": os.urandom(4 * MIB + 123),
         f"{MODEL}/vocab.txt": "\n".join(["a", "b", "c", "ü", " "] * 500).encode(),
         # Outside the path: never mirrored.
@@ -163,7 +184,8 @@ def test_mirrors_the_path_once_then_syncs_identical_files(
     _assert_manifest(s3, dest, expected)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["source"] == f"hf://{REPO}/{MODEL}@{hub.main_sha}"
-    assert summary["files"] == 2
+    assert summary["files"] == 3
+    assert "modelConfig" not in summary  # the folder's own model.yaml, as it is
 
     # Each file under the path left the hub exactly once; nothing else did.
     downloads = hub.server.traffic.downloads
@@ -296,23 +318,6 @@ def test_unreachable_hub(
     _assert_clean(proc, env)
 
 
-def test_vocoder_needs_an_hf_source(
-    tts_inference: list[str], bucket: str, hub_env: dict[str, str], tmp_path: Path
-) -> None:
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "vocab.txt").write_text("a\n")
-    proc = _publish(
-        tts_inference,
-        hub_env,
-        str(tmp_path / "model"),
-        f"s3://{bucket}/models/local/v1",
-        "--vocoder",
-        f"hf://{VOCODER}",
-    )
-    assert proc.returncode != 0
-    assert "--vocoder needs an hf:// source" in proc.stderr
-
-
 @pytest.mark.parametrize(
     ("uri", "repo_id", "path", "revision"),
     [
@@ -346,3 +351,400 @@ def test_hf_uri_forms(uri: str, repo_id: str, path: str, revision: str | None) -
 def test_bad_hf_uris(uri: str) -> None:
     with pytest.raises(CacheError, match="hf://"):
         HfUri.parse(uri)
+
+
+# --- the hub's own layout: SWivid/F5-TTS/F5TTS_v1_Base and the rest ----------------------------
+
+#: The tiny arch standing in for each model (E2TTS_Base is a UNetT, the others DiTs).
+TINY_BACKBONE = {"F5TTS_v1_Base": "DiT", "F5TTS_Base": "DiT", "E2TTS_Base": "UNetT"}
+
+
+@dataclass
+class F5Hub:
+    repos: dict[str, dict[str, bytes]]  # repo -> path -> data, as on the hub
+    vocos: dict[str, bytes]
+    tiny: dict[str, Path]  # backbone -> the tiny model folder the weights come from
+
+    def folder(self, name: str) -> dict[str, bytes]:
+        repo = F5_HUB[name][0]
+        return {
+            p[len(name) + 1 :]: d for p, d in self.repos[repo].items() if p.startswith(name + "/")
+        }
+
+
+@pytest.fixture(scope="module")
+def f5_hub(hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> F5Hub:
+    """SWivid/F5-TTS, SWivid/E2-TTS and charactr/vocos-mel-24khz on the fake hub, tiny weights."""
+    from tts_inference.tiny_model import TINY_ARCH, TINY_UNET_ARCH, make_model
+
+    root = tmp_path_factory.mktemp("tiny-hub")
+    tiny = {
+        "DiT": make_model(root / "dit", arch=TINY_ARCH),
+        "UNetT": make_model(root / "unett", arch=TINY_UNET_ARCH, backbone="UNetT", seed=1),
+    }
+    repos: dict[str, dict[str, bytes]] = {}
+    for name, backbone in TINY_BACKBONE.items():
+        repo, files = f5_hub_files(name, tiny[backbone])
+        repos.setdefault(repo, {}).update(files)
+    for repo, files in repos.items():
+        hub.server.add_commit(repo, files)
+    vocos = vocos_hub_files(tiny["DiT"])
+    hub.server.add_commit(VOCOS_REPO, vocos)
+    return F5Hub(repos, vocos, tiny)
+
+
+def _tiny_config(tmp_path: Path, name: str) -> Path:
+    """The tiny arch in f5-tts's config format, for --model-config."""
+    from tts_inference.tiny_model import TINY_ARCH, TINY_UNET_ARCH, f5_config
+
+    backbone = TINY_BACKBONE[name]
+    arch = TINY_UNET_ARCH if backbone == "UNetT" else TINY_ARCH
+    path = tmp_path / f"tiny-{name}.yaml"
+    path.write_text(yaml.safe_dump(f5_config(name, arch, backbone)))
+    return path
+
+
+def _object(s3: S3Server, dest: str, rel: str) -> bytes:
+    key = dest.split(f"{BUCKET}/", 1)[1] + "/" + rel
+    return bytes(s3.client(direct=True).get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def _expected_revision(f5: F5Hub, name: str) -> dict[str, bytes]:
+    """What a revision of ``name`` holds, less model.yaml: the hub's folder (its .pt left
+    out), the vocoder under vocos/, and f5-tts's own vocab.txt where the folder has none."""
+    _, checkpoint, pickled = F5_HUB[name]
+    files = {rel: data for rel, data in f5.folder(name).items() if rel != pickled}
+    assert checkpoint in files
+    files.setdefault("vocab.txt", model_folder.packaged_vocab_file().read_bytes())
+    files |= {f"vocos/{n}": f5.vocos[n] for n in ("config.yaml", "pytorch_model.bin")}
+    return files
+
+
+def _sync_link(
+    tts_inference: list[str], env: dict[str, str], dest: str, cache: Path, link: Path, *extra: str
+) -> None:
+    proc = subprocess.run(
+        [
+            *tts_inference,
+            "sync",
+            "--source",
+            dest,
+            "--cache-dir",
+            str(cache),
+            "--link",
+            str(link),
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def _speak(url: str, model: str) -> bytes:
+    response = httpx.post(
+        f"{url}/v1/audio/speech",
+        json={
+            "model": model,
+            "input": "Hello there.",
+            "voice": "default",
+            "response_format": "wav",
+        },
+        timeout=600,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("audio/wav")
+    return response.content
+
+
+def _wav_seconds(data: bytes) -> float:
+    import io
+    import wave
+
+    with wave.open(io.BytesIO(data)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
+        return float(w.getnframes() / w.getframerate())
+
+
+@pytest.mark.parametrize("name", list(F5_HUB))
+def test_hub_folder_gets_model_yaml_from_f5_tts_own_config(
+    tts_inference: list[str],
+    s3: S3Server,
+    bucket: str,
+    hub: Hub,
+    f5_hub: F5Hub,
+    hub_env: dict[str, str],
+    name: str,
+) -> None:
+    """The exact command of docs/install.md: the packaged config of the folder's name."""
+    from importlib.resources import files
+
+    repo, checkpoint, pickled = F5_HUB[name]
+    dest = f"s3://{bucket}/models/{name}/packaged"
+    proc = _publish(
+        tts_inference, hub_env, f"hf://{repo}/{name}", dest, "--vocoder", f"hf://{VOCOS_REPO}"
+    )
+    assert proc.returncode == 0, proc.stderr
+    _assert_clean(proc, hub_env)
+    expected = _expected_revision(f5_hub, name)
+    manifest = _manifest(s3, dest)
+    assert sorted(manifest) == sorted([*expected, "model.yaml"])
+    _assert_manifest(s3, dest, expected | {"model.yaml": _object(s3, dest, "model.yaml")})
+
+    packaged = yaml.safe_load(
+        files("f5_tts").joinpath(f"configs/{name}.yaml").read_text(encoding="utf-8")
+    )["model"]
+    config = yaml.safe_load(_object(s3, dest, "model.yaml"))
+    assert config["name"] == name
+    assert config["backbone"] == packaged["backbone"]
+    assert config["arch"] == packaged["arch"]
+    assert config["mel_spec"] == packaged["mel_spec"]
+    assert config["checkpoint"] == checkpoint
+    assert config["vocab"] == "vocab.txt"
+    assert config["vocoder"] == {"name": "vocos", "path": "vocos"}
+    assert config["source"] == f"f5-tts 1.1.22 f5_tts/configs/{name}.yaml"
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["modelConfig"] == config["source"]
+
+    # Only what the server loads left the hub: not the second copy of the weights.
+    downloads = hub.server.traffic.downloads
+    assert downloads[f"{repo}/{name}/{checkpoint}"] == 1
+    if pickled is not None:
+        assert downloads[f"{repo}/{name}/{pickled}"] == 0
+        assert f"left out {pickled}" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(F5_HUB))
+def test_hub_folder_publishes_syncs_and_serves(
+    tts_inference: list[str],
+    s3: S3Server,
+    bucket: str,
+    f5_hub: F5Hub,
+    hub_env: dict[str, str],
+    tmp_path: Path,
+    name: str,
+) -> None:
+    """publish hf://SWivid/... --vocoder hf://charactr/... -> sync -> serve -> /v1/audio/speech.
+
+    The weights are tiny, so the arch comes from --model-config (the packaged
+    config's arch is the full-size one: test_full_size_hub_folder_serves).
+    """
+    require_tool("ffmpeg")
+    repo, checkpoint, _ = F5_HUB[name]
+    dest = f"s3://{bucket}/models/{name}/tiny"
+    proc = _publish(
+        tts_inference,
+        hub_env,
+        f"hf://{repo}/{name}",
+        dest,
+        "--vocoder",
+        f"hf://{VOCOS_REPO}",
+        "--model-config",
+        str(_tiny_config(tmp_path, name)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    _assert_clean(proc, hub_env)
+
+    link = tmp_path / "run" / "model"
+    _sync_link(tts_inference, hub_env, dest, tmp_path / "cache", link)
+    got = {
+        p.relative_to(link).as_posix(): p.read_bytes()
+        for p in link.rglob("*")
+        if p.is_file() and p.name not in {".complete", "manifest.json", "model.yaml"}
+    }
+    assert got == _expected_revision(f5_hub, name)
+    config = model_folder.load_config(link)
+    assert (config["name"], config["backbone"], config["checkpoint"]) == (
+        name,
+        TINY_BACKBONE[name],
+        checkpoint,
+    )
+
+    server = start_server(link, tmp_path / "serve.log", "--nfe-step", "2", env=hub_env)
+    try:
+        models = httpx.get(f"{server.url}/v1/models", timeout=10).json()
+        assert [m["id"] for m in models["data"]] == [name]
+        assert _wav_seconds(_speak(server.url, name)) > 0.1
+    finally:
+        assert stop(server) == 0
+
+
+@pytest.mark.parametrize(
+    ("source", "extra", "message"),
+    [
+        (
+            "hf://SWivid/F5-TTS/F5TTS_v1_Base",
+            (),
+            "has no vocoder: F5TTS_v1_Base needs vocos/config.yaml and vocos/pytorch_model.bin "
+            "(charactr/vocos-mel-24khz's files): pass --vocoder hf://charactr/vocos-mel-24khz",
+        ),
+        (
+            "hf://SWivid/F5-TTS/F5TTS_v1_Base",
+            ("--vocoder", f"hf://{VOCOS_REPO}", "--model", "F5TTS_v9_Huge"),
+            "--model F5TTS_v9_Huge: f5-tts has no pretrained model of that name "
+            "(known: F5TTS_v1_Base, F5TTS_Base, E2TTS_Base)",
+        ),
+        (
+            "hf://test-org/finetuned/my-voice",
+            ("--vocoder", f"hf://{VOCOS_REPO}"),
+            "hf://test-org/finetuned/my-voice holds model_50000.pt but no model.yaml, and its "
+            "name 'my-voice' is not a model f5-tts knows (F5TTS_v1_Base, F5TTS_Base, "
+            "E2TTS_Base): pass --model NAME",
+        ),
+        (
+            "hf://test-org/finetuned/my-voice",
+            ("--vocoder", f"hf://{VOCOS_REPO}", "--model", "F5TTS_v1_Base"),
+            "F5TTS_v1_Base's checkpoint is model_1250000.safetensors (as f5-tts downloads it "
+            "from hf://SWivid/F5-TTS/F5TTS_v1_Base/), but the folder holds model_50000.pt",
+        ),
+    ],
+    ids=["no-vocoder", "unknown-model", "unknown-folder-name", "wrong-checkpoint"],
+)
+def test_a_folder_that_cannot_serve_is_refused_before_any_download(
+    tts_inference: list[str],
+    s3: S3Server,
+    bucket: str,
+    hub: Hub,
+    f5_hub: F5Hub,
+    hub_env: dict[str, str],
+    source: str,
+    extra: tuple[str, ...],
+    message: str,
+) -> None:
+    """No silent fallback: an unknown model with no model.yaml fails, naming what was expected."""
+    if "finetuned" in source and "test-org/finetuned" not in hub.server.repos:
+        hub.server.add_commit(
+            "test-org/finetuned",
+            {"my-voice/model_50000.pt": os.urandom(MIB), "my-voice/vocab.txt": b"a\n"},
+        )
+    dest = f"s3://{bucket}/models/refused/{hashlib.sha1(repr(extra).encode()).hexdigest()[:8]}"
+    hub.server.traffic.reset()
+    proc = _publish(tts_inference, hub_env, source, dest, *extra)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sum(hub.server.traffic.downloads.values()) == 0
+    assert _keys(s3, dest) == []
+    _assert_clean(proc, hub_env)
+
+
+def _download_by_hand(f5: F5Hub, name: str, root: Path) -> tuple[Path, Path]:
+    """The folders `hf download` leaves: ROOT/f5/NAME/... (with .cache/) and ROOT/vocos/."""
+    repo, _, _ = F5_HUB[name]
+    for rel, data in f5.repos[repo].items():
+        if rel.startswith(name + "/"):
+            (root / "f5" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / "f5" / rel).write_bytes(data)
+    meta = root / "f5" / ".cache" / "huggingface" / "download" / name
+    meta.mkdir(parents=True)
+    (meta / "vocab.txt.metadata").write_text("0123abcd\n")
+    (root / "vocos").mkdir()
+    for rel in ("config.yaml", "pytorch_model.bin"):
+        (root / "vocos" / rel).write_bytes(f5.vocos[rel])
+    return root / "f5" / name, root / "vocos"
+
+
+@pytest.mark.parametrize("name", ["F5TTS_v1_Base", "F5TTS_Base"])
+def test_a_folder_downloaded_by_hand_publishes_the_same_revision(
+    tts_inference: list[str],
+    s3: S3Server,
+    bucket: str,
+    f5_hub: F5Hub,
+    hub_env: dict[str, str],
+    tmp_path: Path,
+    name: str,
+) -> None:
+    """`hf download SWivid/F5-TTS --include 'NAME/*'` + the vocoder: the same manifest as hf://."""
+    folder, vocos = _download_by_hand(f5_hub, name, tmp_path / "by-hand")
+    before = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    local = f"s3://{bucket}/models/{name}/by-hand"
+    proc = _publish(tts_inference, hub_env, str(folder), local, "--vocoder", str(vocos))
+    assert proc.returncode == 0, proc.stderr
+    mirrored = f"s3://{bucket}/models/{name}/mirrored"
+    repo = F5_HUB[name][0]
+    proc = _publish(
+        tts_inference, hub_env, f"hf://{repo}/{name}", mirrored, "--vocoder", f"hf://{VOCOS_REPO}"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _manifest(s3, local) == _manifest(s3, mirrored)
+    assert "model.yaml" in _manifest(s3, local)
+    # The source folder is never written to.
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == before
+
+
+def test_a_local_vocoder_folder_needs_both_files(
+    tts_inference: list[str], bucket: str, f5_hub: F5Hub, hub_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder, vocos = _download_by_hand(f5_hub, "F5TTS_v1_Base", tmp_path)
+    (vocos / "pytorch_model.bin").unlink()
+    proc = _publish(
+        tts_inference,
+        hub_env,
+        str(folder),
+        f"s3://{bucket}/models/F5TTS_v1_Base/half-vocoder",
+        "--vocoder",
+        str(vocos),
+    )
+    assert proc.returncode != 0
+    assert f"--vocoder {vocos}: expected a folder holding config.yaml and pytorch_model.bin" in (
+        proc.stderr
+    )
+
+
+def test_a_folder_that_is_no_tts_model_is_published_as_it_is(
+    tts_inference: list[str], s3: S3Server, bucket: str, hub_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A Whisper model (no f5-tts checkpoint, no model name) gets no model.yaml."""
+    folder = tmp_path / "whisper-tiny"
+    folder.mkdir()
+    files = {"model.safetensors": os.urandom(1000), "config.json": b"{}"}
+    for rel, data in files.items():
+        (folder / rel).write_bytes(data)
+    dest = f"s3://{bucket}/models/whisper-tiny/v1"
+    proc = _publish(tts_inference, hub_env, str(folder), dest)
+    assert proc.returncode == 0, proc.stderr
+    _assert_manifest(s3, dest, files)
+
+
+@pytest.mark.slow
+def test_full_size_hub_folder_serves(
+    tts_inference: list[str],
+    s3: S3Server,
+    bucket: str,
+    hub_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """F5TTS_v1_Base's real arch and file names (random weights), with the packaged config.
+
+    The folders as `hf download` leaves them, published with no --model-config:
+    model.yaml comes from f5-tts's own configs/F5TTS_v1_Base.yaml, and the
+    server loads the 1.35 GB checkpoint through it and speaks.
+    """
+    require_tool("ffmpeg")
+    from tts_inference.tiny_model import FULL_ARCH, make_model
+
+    made = make_model(tmp_path / "made", arch=FULL_ARCH, vocoder="full", name="unused")
+    folder = tmp_path / "f5" / "F5TTS_v1_Base"
+    folder.mkdir(parents=True)
+    for rel in ("model_1250000.safetensors", "vocab.txt"):
+        (made / rel).rename(folder / rel)
+    vocos = made / "vocos"
+
+    # Straight to moto, in whole objects: moto reads a whole object for each ranged GET, and
+    # the counting proxy would add a copy of each byte.
+    env = hub_env | {"AWS_ENDPOINT_URL": s3.direct_endpoint}
+    dest = f"s3://{bucket}/models/F5TTS_v1_Base/full-size"
+    proc = _publish(tts_inference, env, str(folder), dest, "--vocoder", str(vocos))
+    assert proc.returncode == 0, proc.stderr
+    link = tmp_path / "run" / "model"
+    _sync_link(tts_inference, env, dest, tmp_path / "cache", link, "--chunk-mib", "2048")
+    assert model_folder.load_config(link)["arch"] == FULL_ARCH
+
+    server = start_server(link, tmp_path / "serve.log", "--nfe-step", "1", env=hub_env, timeout=600)
+    try:
+        assert _wav_seconds(_speak(server.url, "F5TTS_v1_Base")) > 0.1
+    finally:
+        assert stop(server) == 0

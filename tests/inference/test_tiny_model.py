@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from tts_inference import tiny_model
-from tts_inference.tiny_model import FULL_ARCH, TINY_ARCH, load_config, make_model
+from tts_inference.model_folder import ModelFolderError, load_config, packaged_vocab_file
+from tts_inference.tiny_model import FULL_ARCH, TINY_ARCH, make_model
 
 SAMPLE_RATE = 24000
 EXPECTED_FILES = {
@@ -132,14 +133,14 @@ def test_model_yaml_describes_the_model(tiny: Path) -> None:
 
 
 def test_vocab_is_the_packages_own(tiny: Path) -> None:
-    assert (tiny / "vocab.txt").read_bytes() == tiny_model.package_vocab_file().read_bytes()
+    assert (tiny / "vocab.txt").read_bytes() == packaged_vocab_file().read_bytes()
 
 
 def test_load_config_explains_a_missing_or_bad_config(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"model\.yaml"):
+    with pytest.raises(ModelFolderError, match=r"model\.yaml is missing.*F5TTS_v1_Base"):
         load_config(tmp_path)
     (tmp_path / "model.yaml").write_text("name: x\nbackbone: DiT\n")
-    with pytest.raises(ValueError, match="missing keys arch"):
+    with pytest.raises(ModelFolderError, match="missing keys arch"):
         load_config(tmp_path)
 
 
@@ -159,7 +160,7 @@ def test_full_size_checkpoint_has_the_published_key_layout() -> None:
     import torch
 
     with torch.device("meta"):
-        model = tiny_model.build_cfm(FULL_ARCH, tiny_model.package_vocab_file())
+        model = tiny_model.build_cfm(FULL_ARCH, packaged_vocab_file())
     keys = list(tiny_model.checkpoint_tensors(model))
     assert len(keys) == 366
     assert sum(k.startswith("ema_model.transformer.") for k in keys) == 364

@@ -22,6 +22,11 @@ exceptions. A repo added with a token answers 401 to requests without
 
 Every request is counted by (method, path), and every body sent by repo file
 (``org/repo/path``), so a test can assert each file left "the hub" once.
+
+``f5_hub_repos`` lays a model folder's files out as the real hub lays out
+f5-tts's pretrained models and the vocos vocoder (the names f5-tts 1.1.22's
+``f5_tts.api.F5TTS`` and ``load_vocoder`` download), so tests can publish
+``hf://SWivid/F5-TTS/F5TTS_v1_Base`` exactly as a user does.
 """
 
 from __future__ import annotations
@@ -34,10 +39,21 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt", ".pth", ".onnx")
 DATE = "2025-03-01T12:00:00.000Z"
+
+VOCOS_REPO = "charactr/vocos-mel-24khz"
+#: Where the hub keeps each pretrained model, as f5-tts 1.1.22 downloads it: the repo and the
+#: checkpoint of hf://SWivid/<repo>/<name>/model_<step>.safetensors (f5_tts/api.py), and the
+#: other checkpoint file the hub keeps beside it (the same weights as a torch pickle).
+F5_HUB: dict[str, tuple[str, str, str | None]] = {
+    "F5TTS_v1_Base": ("SWivid/F5-TTS", "model_1250000.safetensors", None),
+    "F5TTS_Base": ("SWivid/F5-TTS", "model_1200000.safetensors", "model_1200000.pt"),
+    "E2TTS_Base": ("SWivid/E2-TTS", "model_1200000.safetensors", "model_1200000.pt"),
+}
 
 
 def git_blob_id(data: bytes) -> str:
@@ -365,3 +381,45 @@ def fake_hub(cdn_host: str = "localhost") -> Iterator[FakeHub]:
         yield hub
     finally:
         hub.close()
+
+
+def _pickled_checkpoint(safetensors_file: Path) -> bytes:
+    """The same weights as a .pt checkpoint: {"ema_model_state_dict": {"ema_model.*": ...}}."""
+    import io
+
+    import torch
+    from safetensors.torch import load_file
+
+    buffer = io.BytesIO()
+    torch.save({"ema_model_state_dict": load_file(str(safetensors_file))}, buffer)
+    return buffer.getvalue()
+
+
+def f5_hub_files(name: str, model_dir: Path) -> tuple[str, dict[str, bytes]]:
+    """(repo, files) of model ``name`` on the hub, holding the weights of ``model_dir``.
+
+    ``model_dir`` is a folder make-tiny-model wrote (its checkpoint already has the
+    published key layout: "ema_model.transformer.*", "step", "initted"). Only
+    F5TTS_v1_Base's folder holds a vocab.txt; no folder holds a model.yaml.
+    """
+    repo, checkpoint, pickled = F5_HUB[name]
+    source = model_dir / "model_1250000.safetensors"
+    files = {
+        f"{name}/{checkpoint}": source.read_bytes(),
+        "README.md": f"# {repo}\n".encode(),
+        ".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+    }
+    if name == "F5TTS_v1_Base":
+        files[f"{name}/vocab.txt"] = (model_dir / "vocab.txt").read_bytes()
+    if pickled is not None:
+        files[f"{name}/{pickled}"] = _pickled_checkpoint(source)
+    return repo, files
+
+
+def vocos_hub_files(model_dir: Path) -> dict[str, bytes]:
+    """charactr/vocos-mel-24khz's files, holding the vocoder of ``model_dir``."""
+    return {
+        "config.yaml": (model_dir / "vocos" / "config.yaml").read_bytes(),
+        "pytorch_model.bin": (model_dir / "vocos" / "pytorch_model.bin").read_bytes(),
+        "README.md": b"# vocos-mel-24khz\n",
+    }

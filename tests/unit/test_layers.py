@@ -60,6 +60,27 @@ def test_inference_cli_starts_without_torch() -> None:
     assert "tts-inference" in proc.stdout
 
 
+def test_publish_reads_f5_tts_configs_without_importing_it() -> None:
+    """A hub folder's model.yaml comes from f5-tts's packaged config, read as a file."""
+    code = """
+        import sys
+        from tts_inference.cache import publish
+        from tts_inference import model_folder
+        files = ["model_1250000.safetensors", "vocab.txt", "vocos/config.yaml",
+                 "vocos/pytorch_model.bin"]
+        plan = model_folder.plan(files, folder_name="F5TTS_v1_Base", where="test")
+        assert plan is not None and plan.config["arch"]["dim"] == 1024, plan
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "f5_tts"})
+        assert not loaded, loaded
+        print("ok")
+        """
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
 @pytest.mark.parametrize("script", ["tts-operator", "tts-inference"])
 def test_console_scripts_are_installed(script: str) -> None:
     from pathlib import Path

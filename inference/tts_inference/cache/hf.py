@@ -20,7 +20,7 @@ import glob
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from huggingface_hub.hf_api import RepoFile
 
 HF_PREFIX = "hf://"
-# The files of a Vocos vocoder repo (charactr/vocos-mel-24khz) that the model folder keeps in vocos/.
-VOCODER_FILES = ("config.yaml", "pytorch_model.bin")
 _OTHER_REPO_TYPES = ("datasets", "spaces", "kernels", "buckets")
 MIB = 1024 * 1024
 
@@ -194,11 +192,15 @@ def mirror(
     *,
     only: Sequence[str] | None = None,
     out: TextIO | None = None,
+    check: Callable[[list[str]], Collection[str] | None] | None = None,
 ) -> Mirrored:
     """Download the files under ``uri`` (or just ``only``, names relative to its path) into ``dest``.
 
     ``dest`` must be a new or empty folder; the returned ``folder`` is
-    ``dest/<path>``. Raises CacheError naming the URI on any failure.
+    ``dest/<path>``. ``check`` is called with the names to be downloaded
+    (relative to the path) before any file is: what it raises stops the mirror,
+    and names it returns are left out.
+    Raises CacheError naming the URI on any failure.
     """
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.utils.tqdm import disable_progress_bars
@@ -229,6 +231,9 @@ def mirror(
     if not wanted:
         where = f"under {uri.path!r}" if uri.path else "at all"
         raise CacheError(f"{uri}: {uri.repo_id} at {commit[:12]} has no files {where}")
+    if check is not None:
+        for name in check(sorted(wanted)) or ():
+            wanted.pop(name, None)
     total = sum(entry.size for entry in wanted.values())
     if out is not None:
         print(

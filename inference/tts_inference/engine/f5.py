@@ -1,9 +1,11 @@
 """F5-TTS on one device, batched: the engine the server runs.
 
-The model is built from the model folder's own ``model.yaml`` with f5-tts's own
-lower-level pieces (``DiT``, ``CFM``, ``get_tokenizer``, ``load_checkpoint``,
+The model is built from the model folder's own ``model.yaml`` (read, and every
+file found, by ``tts_inference.model_folder``) with f5-tts's own lower-level
+pieces (``DiT`` or ``UNetT``, ``CFM``, ``get_tokenizer``, ``load_checkpoint``,
 ``load_vocoder``), from local files only. ``f5_tts.api.F5TTS`` is not used: it
-reads the arch from the package's config by name and downloads from the hub.
+reads the arch from the package's config by name and downloads from the hub
+(publish writes that packaged config into the folder's model.yaml instead).
 
 A batch runs one ``CFM.sample`` call per (nfe_step, cfg_strength,
 sway_sampling_coef) group, with per-item reference lengths, durations and noise
@@ -68,18 +70,14 @@ from tts_inference.engine.base import (
     Voice,
 )
 from tts_inference.engine.f5_package import import_f5
-from tts_inference.tiny_model import (
-    VOCODER_CONFIG_NAME,
-    VOCODER_WEIGHTS_NAME,
-    load_config,
-)
+from tts_inference.model_folder import BACKBONES as BACKBONE_MODULES
+from tts_inference.model_folder import ModelFolderError, open_folder
 
 # f5-tts's own modules, imported without f5_tts/model/__init__.py (its Trainer pulls in
 # wandb and datasets, which the inference image leaves out): see engine/f5_package.py.
 utils_infer = import_f5("f5_tts.infer.utils_infer")
 f5_utils = import_f5("f5_tts.model.utils")
 CFM = import_f5("f5_tts.model.cfm").CFM
-DiT = import_f5("f5_tts.model.backbones.dit").DiT
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -87,7 +85,12 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 ATTN_BACKENDS = ("torch", "flash_attn")
-BACKBONES: dict[str, Any] = {"DiT": DiT}
+#: The backbones model.yaml may name: f5-tts's own classes.
+BACKBONES: dict[str, Any] = {
+    name: getattr(import_f5(f"f5_tts.model.backbones.{module}"), name)
+    for name, module in BACKBONE_MODULES.items()
+}
+DiT = BACKBONES["DiT"]
 
 #: infer_batch_process's loudness target: quieter references are scaled up to it and back.
 TARGET_RMS = 0.1
@@ -108,6 +111,14 @@ _MASK_WARNING = "attn_mask_enabled=True with attn_backend='torch'"
 
 class EngineError(RuntimeError):
     """The model cannot be loaded or run (a missing file, a bad config, no model loaded)."""
+
+
+def _blocks(transformer: Any) -> list[Any]:
+    """The backbone's transformer blocks: DiT's transformer_blocks, or each UNetT layer's attention."""
+    if hasattr(transformer, "transformer_blocks"):
+        return list(transformer.transformer_blocks)
+    # UNetT.layers: ModuleList([skip_proj, attn_norm, attn, ff_norm, ff]) per layer.
+    return [layer[2] for layer in transformer.layers]
 
 
 def reference_text(text: str) -> str:
@@ -297,34 +308,27 @@ class F5Engine(Engine):
 
     # loading
 
-    def _file(self, relative: str, what: str) -> Path:
-        path = self.model_dir / relative
-        if not path.is_file():
-            raise EngineError(f"{path} is missing: the model folder has no {what}")
-        return path
-
     def load(self) -> None:
         """Build the model from model.yaml and load its weights, all from the folder."""
         if self._model is not None:
             return
+        # Every file is checked before anything is built, and each loader below gets a local path.
         try:
-            config = load_config(self.model_dir)
-        except (OSError, ValueError) as exc:
+            files = open_folder(self.model_dir)
+        except (OSError, ModelFolderError) as exc:
             raise EngineError(str(exc)) from None
+        config = files.config
         mel = config["mel_spec"]
         vocoder_name = config["vocoder"]["name"]
         if config["backbone"] not in BACKBONES:
-            raise EngineError(f"backbone {config['backbone']!r} is not supported (only DiT)")
+            raise EngineError(
+                f"backbone {config['backbone']!r} is not supported (only {', '.join(BACKBONES)})"
+            )
         if vocoder_name != "vocos" or mel.get("mel_spec_type", "vocos") != "vocos":
             raise EngineError(f"vocoder {vocoder_name!r} is not supported (only vocos)")
         if mel["target_sample_rate"] != SAMPLE_RATE:
             raise EngineError(f"sample rate {mel['target_sample_rate']} is not {SAMPLE_RATE}")
-        # Every file is checked before anything is built, and each loader below gets a local path.
-        checkpoint = self._file(config["checkpoint"], "checkpoint")
-        vocab = self._file(config["vocab"], "vocab")
-        vocoder_dir = self.model_dir / config["vocoder"]["path"]
-        self._file(f"{config['vocoder']['path']}/{VOCODER_CONFIG_NAME}", "vocoder config")
-        self._file(f"{config['vocoder']['path']}/{VOCODER_WEIGHTS_NAME}", "vocoder weights")
+        checkpoint, vocab, vocoder_dir = files.checkpoint, files.vocab, files.vocoder_dir
 
         arch = {
             **config["arch"],
@@ -379,7 +383,7 @@ class F5Engine(Engine):
             # Each block re-takes its share, so a batch that started alone gives up a core
             # within a block (not a whole step) of another starting: never more threads
             # than cores for long.
-            for block in model.transformer.transformer_blocks:
+            for block in _blocks(model.transformer):
                 block.register_forward_pre_hook(self._on_block)
         self._config = config
         self._model = model.eval()
