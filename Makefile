@@ -21,10 +21,14 @@ export PATH := $(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$(PATH)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# The images' package locks constrain the venv too, so the tests run what the
+# images hold and a new release on PyPI changes nothing until the locks are regenerated.
+LOCKS := Dockerfiles/locks/operator.txt Dockerfiles/locks/inference.txt
+
+$(VENV)/.installed: pyproject.toml $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,operator,inference]'
+	$(BIN)/pip install --quiet -e '.[dev,operator,inference]' $(foreach lock,$(LOCKS),--constraint $(lock))
 	touch $@
 
 .PHONY: venv
@@ -38,6 +42,10 @@ $(HELM) $(KUBECTL):
 
 .PHONY: tools
 tools: $(HELM) ## fetch the pinned helm and kubectl binaries into .tools/bin
+
+.PHONY: cluster
+cluster: venv ## build the test control plane (apiserver, controller-manager, scheduler, etcd, kwok) into .tools/kube
+	$(BIN)/python -m tests.cluster.build
 
 .PHONY: system-deps
 system-deps: ## install the Debian packages the tests use (when root and missing)
@@ -70,7 +78,7 @@ lint: venv ## ruff, mypy and the import-layer contracts
 	$(BIN)/lint-imports
 
 .PHONY: test
-test: venv tools system-deps lint ## everything CI runs: lint, types, layers, tests
+test: venv tools system-deps cluster lint ## everything CI runs: lint, types, layers, tests
 	$(BIN)/pytest
 
 .PHONY: fmt

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tts_inference.cache.store import CacheError
+from tts_inference.cache.store import PERMANENT_EXIT, CacheError, PermanentCacheError
 from tts_inference.cache.sync import file_lock, sha256_file, write_atomic, write_termination_log
 
 log = logging.getLogger("tts_inference.flash_attn")
@@ -288,7 +288,7 @@ def check_wheel_fits(filename: str, abi: Abi) -> None:
                     f"it is built with cxx11abi{str(cxx11).upper()}, this pod's torch uses cxx11abi{str(abi.cxx11abi).upper()}"
                 )
     if problems:
-        raise CacheError(
+        raise PermanentCacheError(
             f"flash_attn wheel {name} does not fit this pod: {'; '.join(problems)}; "
             f"this pod needs {abi.wheel_name(wheel.version)}"
         )
@@ -456,7 +456,9 @@ def _install_into(
         flush=True,
     )
     if sha256 is not None and digest != sha256:
-        raise CacheError(f"flash_attn wheel {wheel}: sha256 is {digest}, expected {sha256}")
+        raise PermanentCacheError(
+            f"flash_attn wheel {wheel}: sha256 is {digest}, expected {sha256}"
+        )
     site = work / "site"
     print(f"installing {wheel} with pip into {final}", flush=True)
     options = ["--no-deps", "--no-index", "--no-input", "--disable-pip-version-check"]
@@ -574,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
                 args.termination_log.write_text(
                     json.dumps({"event": "flash-attn-failed", "message": message})
                 )
-        return 1
+        return PERMANENT_EXIT if isinstance(exc, CacheError) and exc.permanent else 1
     folder = target_dir(args.cache_dir.absolute(), abi.folder)
     wheel = os.path.basename(args.wheel)
     print(f"{'installed' if installed else 'already installed:'} {wheel} in {folder}", flush=True)

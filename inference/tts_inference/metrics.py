@@ -74,6 +74,10 @@ class CacheVolumeCollector(Collector):
         yield family
 
 
+# Why queued work is dropped before it runs (queue.py).
+DROP_REASONS = ("cancelled", "deadline")
+
+
 class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -132,6 +136,10 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
+        # Every reason is exported from the start (at 0), so a rate over it is a
+        # number before the first drop rather than no series at all.
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
         self.audio_seconds = Counter(
             "tts_audio_seconds", "Seconds of audio generated.", ["format"], registry=r
         )

@@ -203,6 +203,9 @@ RBAC_RULES: list[Obj] = [
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    # The endpoint's storage credentials (spec.storage.credentialsSecret) and API key
+    # (spec.apiKeySecret) are read by name: get only, never list or watch.
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     {

@@ -49,6 +49,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    # Watching named namespaces needs no cluster-wide list of namespaces or CRDs, and the
+    # chart's namespaced RBAC (a Role per namespace) grants none: scanning would spend
+    # a minute of forbidden retries before Kopf falls back to the names it was given.
+    settings.scanning.disabled = not _settings(memo).all_namespaces
     memo.setdefault("kube", Kube())
     memo.setdefault("jobs", job_flow.JobApi())
 

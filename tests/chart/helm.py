@@ -63,9 +63,12 @@ def run_helm(
 
 
 def template_cmd(
-    chart: Path = CHART, kube_version: str | None = None, extra: Sequence[str] = ()
+    chart: Path = CHART,
+    kube_version: str | None = None,
+    extra: Sequence[str] = (),
+    namespace: str = NAMESPACE,
 ) -> list[str]:
-    cmd = ["template", RELEASE, str(chart), "--namespace", NAMESPACE]
+    cmd = ["template", RELEASE, str(chart), "--namespace", namespace]
     if kube_version:
         cmd += ["--kube-version", kube_version]
     return [*cmd, *extra]
@@ -76,8 +79,9 @@ def render_text(
     kube_version: str | None = None,
     extra: Sequence[str] = (),
     chart: Path = CHART,
+    namespace: str = NAMESPACE,
 ) -> str:
-    proc = run_helm(template_cmd(chart, kube_version, extra), values, chart)
+    proc = run_helm(template_cmd(chart, kube_version, extra, namespace), values, chart)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -87,9 +91,10 @@ def render(
     kube_version: str | None = None,
     extra: Sequence[str] = (),
     chart: Path = CHART,
+    namespace: str = NAMESPACE,
 ) -> list[Obj]:
     """The rendered objects (hooks such as `helm test`'s pod included)."""
-    text = render_text(values, kube_version, extra, chart)
+    text = render_text(values, kube_version, extra, chart, namespace)
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 

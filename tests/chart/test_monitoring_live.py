@@ -3,8 +3,7 @@
 Debian's prometheus runs with a generated config (1 s scrape and evaluation,
 the server and an operator-metrics process as static targets, the chart's
 rendered rules as its rule file). While a load of speech requests (some
-refused with 429, some dropped past their deadline, some invalid) and jobs (one
-succeeding, one failing per round) runs, every recording rule and every query
+invalid) and jobs (one succeeding, one failing per round) runs, every recording rule and every query
 of every dashboard panel must return a sample that is a number (not NaN).
 The dashboard JSON is parsed, so a new panel is covered without touching this
 test; a panel that cannot have data here must be in ALLOWED_EMPTY, with why.
@@ -220,7 +219,8 @@ class Load:
             f"{self.url}/v1/audio/speech", json={"model": "tiny", "input": "", "voice": "default"}
         )
         self.statuses[bad.status_code] = self.statuses.get(bad.status_code, 0) + 1
-        # More at once than the queue holds: some 429s, some dropped past their deadline.
+        # Twelve at once: whether some meet a full queue depends on timing, and no query
+        # needs them to (the refused and dropped counters are exported from the start).
         for status in pool.map(lambda i: self._speech(client, i), range(n, n + 12)):
             self.statuses[status] = self.statuses.get(status, 0) + 1
         self.rounds += 1
@@ -273,7 +273,6 @@ def test_every_recording_rule_and_dashboard_query_returns_data(
         f"job submissions {load.jobs}, errors {load.errors[:3]}): {missing}"
     )
     assert load.statuses.get(200), load.statuses
-    assert load.statuses.get(429), load.statuses
     # The server's cache figures are per endpoint: the pod name less its two suffixes.
     for key, query in panel_queries(dashboard):
         if key[0] == "Cache volume" and key not in ALLOWED_EMPTY:

@@ -214,7 +214,7 @@ BAD_SPECS: list[tuple[str, str, str, list[tuple[str, Any]], str]] = [
         "TTSJob",
         "hello-on-endpoint",
         [("spec.texts", "typo")],
-        'spec.texts: unknown field "texts"',
+        'unknown field "spec.texts"',
     ),
     (
         "unknown-nested-field",
@@ -316,7 +316,7 @@ BAD_SPECS: list[tuple[str, str, str, list[tuple[str, Any]], str]] = [
         "TTSEndpoint",
         "f5tts",
         [("spec.gpu", 1)],
-        'spec.gpu: unknown field "gpu"',
+        'unknown field "spec.gpu"',
     ),
     ("model-missing", "TTSEndpoint", "f5tts", [("spec.model", DELETE)], "spec.model"),
     (

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tts_inference.cache.store import CacheError
+from tts_inference.cache.store import PERMANENT_EXIT, CacheError
 from tts_inference.flash_attn import (
     Abi,
     check_wheel_fits,
@@ -428,7 +428,7 @@ def test_mismatching_wheel_is_refused(setup: Setup) -> None:
     )
     wheel = build_wheel(setup.tmp / "wheels", other.wheel_name(VERSION))
     proc = setup.run(wheel, TTS_TORCH_DIR=str(torch_dir))
-    assert proc.returncode == 1
+    assert proc.returncode == PERMANENT_EXIT, "a wheel that does not fit never will"
     message = proc.stderr.strip().splitlines()[-1]
     assert message.startswith(
         f"error: install-flash-attn failed: flash_attn wheel {wheel.name} does not fit"
@@ -443,7 +443,7 @@ def test_mismatching_wheel_is_refused(setup: Setup) -> None:
 def test_sha256_mismatch_is_refused(setup: Setup) -> None:
     wheel = build_wheel(setup.tmp / "wheels", ABI.wheel_name(VERSION))
     proc = setup.run(wheel, "--abi-tag", TAG, "--sha256", "0" * 64)
-    assert proc.returncode == 1
+    assert proc.returncode == PERMANENT_EXIT
     assert f"flash_attn wheel {wheel.name}: sha256 is " in proc.stderr
     assert f"expected {'0' * 64}" in proc.stderr
     assert setup.pip_runs() == 0

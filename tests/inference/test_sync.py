@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.s3 import SECRET_KEY, Fault, S3Server
+from tts_inference.cache.store import PERMANENT_EXIT
 
 BUCKET = "tts-models"
 MIB = 1024 * 1024
@@ -63,8 +64,10 @@ def bucket(s3: S3Server) -> str:
     return BUCKET
 
 
-def _make(tmp: Path, s3: S3Server, name: str, sizes: dict[str, int]) -> Model:
-    files = {rel: os.urandom(size) for rel, size in sizes.items()}
+def _make(
+    tmp: Path, s3: S3Server, name: str, sizes: dict[str, int], text: dict[str, bytes] | None = None
+) -> Model:
+    files = {rel: os.urandom(size) for rel, size in sizes.items()} | (text or {})
     folder = tmp / name
     _write_model(folder, files)
     model = Model(name, f"s3://{BUCKET}/models/{name}/v1/", folder, files)
@@ -77,14 +80,17 @@ def _make(tmp: Path, s3: S3Server, name: str, sizes: dict[str, int]) -> Model:
 
 @pytest.fixture(scope="module")
 def big_model(tmp_path_factory: pytest.TempPathFactory, s3: S3Server, bucket: str) -> Model:
-    """A model of 105 MiB: a large checkpoint, a vocoder, small text files."""
+    """A model of 105 MiB: a large checkpoint, a vocoder, small text files, its model.yaml."""
     sizes = {
         "model_1250000.safetensors": 96 * MIB,
         "vocos/pytorch_model.bin": 9 * MIB,
         "vocab.txt": 2545,
         "vocos/config.yaml": 412,
     }
-    return _make(tmp_path_factory.mktemp("big"), s3, "big", sizes)
+    # Publish writes no model.yaml for a folder that has one (and refuses an f5-tts
+    # checkpoint whose model it cannot tell); the sync tests only move bytes.
+    text = {"model.yaml": b"name: big\n"}
+    return _make(tmp_path_factory.mktemp("big"), s3, "big", sizes, text)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +302,7 @@ def test_403_fails_at_once_naming_bucket_and_key_without_the_secret(
 ) -> None:
     clean_s3.proxy.add_fault(Fault(key_contains=target, status=403, code="AccessDenied", times=-1))
     proc = _sync(tts_inference, clean_s3, small_model.source, cache)
-    assert proc.returncode == 1
+    assert proc.returncode == PERMANENT_EXIT, "no retry can fix a 403: the cache Job fails at once"
     assert f"403 AccessDenied on s3://tts-models/models/small/v1/{target}" in proc.stderr
     assert "access denied" in proc.stderr
     assert SECRET_KEY not in proc.stdout + proc.stderr
@@ -329,7 +335,7 @@ def test_missing_source_fails_clearly(
     needle: str,
 ) -> None:
     proc = _sync(tts_inference, clean_s3, source, cache)
-    assert proc.returncode == 1
+    assert proc.returncode == PERMANENT_EXIT
     assert needle in proc.stderr
     assert SECRET_KEY not in proc.stdout + proc.stderr
 

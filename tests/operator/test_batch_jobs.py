@@ -1,22 +1,24 @@
-"""Batch TTSJobs in parts (an Indexed Job) under the real Kopf runtime against the emulator.
+"""Batch TTSJobs in parts (an Indexed Job) under the real Kopf runtime on the real control plane.
 
-The test plays the Job controller and the kubelet: it creates the pods a Job would
-(labelled with the job name and completion index, terminated with the message
-run-job writes) and sets the Job's status as the controller would.
+The real Job controller runs the Indexed Job (backoffLimitPerIndex, podFailurePolicy);
+the test plays only the kubelet: the pods are held Running by kwok (their nodeSelector
+asks for it) until the test writes how their run-job container ended.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from prometheus_client import REGISTRY
 
-from tests.operator.conftest import NAMESPACE, RunOperator, WaitFor
-from tests.operator.test_flows import _example, _start
-from tests.support.kube_emulator import ApiServer, now_rfc3339
+os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
+
+from tests.operator.conftest import RunOperator
+from tests.operator.test_flows import example, finish_pod
+from tests.support.cluster import EXIT_CODE_LABEL, HOLD_LABEL, Kube
 from tts_operator import constants as c
-from tts_operator.builders.meta import owner_reference
 
 PARTS = 3
 OUTPUT = "s3://my-tts-bucket/outputs/default/chapter-one.flac"
@@ -40,131 +42,63 @@ def _part_done(index: int) -> dict[str, Any]:
     }
 
 
-def _create_ttsjob(api: ApiServer, parallelism: int = PARTS) -> dict[str, Any]:
-    job = _example("chapter-one")
-    job["spec"]["parallelism"] = parallelism
-    return api.create("ttsjobs", NAMESPACE, job)
-
-
-def _ttsjob(api: ApiServer) -> dict[str, Any]:
-    return api.get("ttsjobs", NAMESPACE, "chapter-one") or {}
-
-
-def _status(api: ApiServer) -> dict[str, Any]:
-    return _ttsjob(api).get("status") or {}
-
-
-def _batch_jobs(api: ApiServer) -> list[dict[str, Any]]:
-    return [
-        j
-        for j in api.objects("jobs", NAMESPACE)
-        if j["metadata"]["labels"].get(c.LABEL_COMPONENT) == c.COMPONENT_JOB
-    ]
-
-
-def _one_batch_job(api: ApiServer, wait_for: WaitFor) -> dict[str, Any]:
-    jobs = wait_for(lambda: _batch_jobs(api) or None, message="no batch Job")
-    assert len(jobs) == 1
-    return dict(jobs[0])
-
-
-def _pod_ended(
-    api: ApiServer, job: dict[str, Any], index: int, exit_code: int, message: dict[str, Any] | str
+def _create_ttsjob(
+    kube: Kube, ns: str, parallelism: int = PARTS, node_label: str = HOLD_LABEL, value: str = "true"
 ) -> dict[str, Any]:
-    """Play the kubelet: the pod of ``index`` ran and its run-job container ended."""
-    meta, template = job["metadata"], job["spec"]["template"]
-    labels = dict(template["metadata"]["labels"])
-    labels["batch.kubernetes.io/job-completion-index"] = str(index)
-    pod = api.create(
-        "pods",
-        NAMESPACE,
-        {
-            "metadata": {
-                "generateName": f"{meta['name']}-{index}-",
-                "labels": labels,
-                "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
-                "ownerReferences": [owner_reference(job)],
-            },
-            "spec": template["spec"],
-        },
-    )
-    now = now_rfc3339()
-
-    def ended(name: str, code: int, text: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "image": "registry.example/inference:1",
-            "imageID": "",
-            "ready": False,
-            "restartCount": 0,
-            "started": False,
-            "state": {
-                "terminated": {
-                    "exitCode": code,
-                    "reason": "Completed" if code == 0 else "Error",
-                    "message": text,
-                    "startedAt": now,
-                    "finishedAt": now,
-                }
-            },
-        }
-
-    text = message if isinstance(message, str) else json.dumps(message)
-    return api.patch_status(
-        "pods",
-        NAMESPACE,
-        pod["metadata"]["name"],
-        {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "startTime": now,
-            "initContainerStatuses": [ended("sync", 0, "")],
-            "containerStatuses": [ended("run-job", exit_code, text)],
-        },
-    )
+    job = example("chapter-one")
+    job["spec"]["parallelism"] = parallelism
+    job["spec"]["nodeSelector"] = {node_label: value}
+    return kube.create("ttsjobs", ns, job)
 
 
-def _job_progress(
-    api: ApiServer, job: dict[str, Any], succeeded: int, *, condition: dict[str, Any] | None = None
+def _status(kube: Kube, ns: str) -> dict[str, Any]:
+    return dict((kube.get("ttsjobs", ns, "chapter-one") or {}).get("status") or {})
+
+
+def _batch_jobs(kube: Kube, ns: str) -> list[dict[str, Any]]:
+    return kube.list("jobs", ns, f"{c.LABEL_COMPONENT}={c.COMPONENT_JOB}")
+
+
+def _one_batch_job(kube: Kube, ns: str) -> dict[str, Any]:
+    jobs = kube.wait_for(lambda: _batch_jobs(kube, ns), message="no batch Job")
+    assert len(jobs) == 1
+    return jobs[0]
+
+
+def _index_pod(kube: Kube, ns: str, job: dict[str, Any], index: int) -> dict[str, Any]:
+    """The Running pod of completion index ``index`` (held by kwok for the test)."""
+    selector = f"batch.kubernetes.io/job-name={job['metadata']['name']}"
+    indexed = job["spec"].get("completionMode") == "Indexed"
+
+    def running() -> dict[str, Any] | None:
+        for pod in kube.list("pods", ns, selector):
+            annotations = pod["metadata"].get("annotations") or {}
+            if (
+                not indexed
+                or annotations.get("batch.kubernetes.io/job-completion-index") == str(index)
+            ) and (pod.get("status") or {}).get("phase") == "Running":
+                return pod
+        return None
+
+    return kube.wait_for(running, message=f"no running pod for index {index}")
+
+
+def _part_ended(
+    kube: Kube, ns: str, job: dict[str, Any], index: int, code: int, message: dict[str, Any]
 ) -> None:
-    """Play the Job controller: ``succeeded`` indexes done, and a final condition if given."""
-    now = now_rfc3339()
-    status: dict[str, Any] = {
-        "startTime": now,
-        "active": 0 if condition else PARTS - succeeded,
-        "succeeded": succeeded,
-        "completedIndexes": f"0-{succeeded - 1}" if succeeded > 1 else ("0" if succeeded else None),
-        "uncountedTerminatedPods": {},
-    }
-    if condition:
-        status["conditions"] = [
-            {
-                **condition,
-                "type": t,
-                "status": "True",
-                "lastProbeTime": now,
-                "lastTransitionTime": now,
-            }
-            for t in (
-                ("SuccessCriteriaMet", "Complete")
-                if condition["reason"] == "CompletionsReached"
-                else ("FailureTarget", "Failed")
-            )
-        ]
-    api.patch_status("jobs", NAMESPACE, job["metadata"]["name"], status)
-
-
-COMPLETE = {"reason": "CompletionsReached", "message": "Reached expected number of succeeded pods"}
+    finish_pod(kube, ns, _index_pod(kube, ns, job, index), code, json.dumps(message))
 
 
 def test_parts_run_as_one_indexed_job_and_the_joined_output_is_reported(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+    kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
-    _start(run_operator)
-    ttsjob = _create_ttsjob(api)
-    job = _one_batch_job(api, wait_for)
+    run_operator()
+    ttsjob = _create_ttsjob(kube, ns)
+    job = _one_batch_job(kube, ns)
 
     spec = job["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    assert (spec["backoffLimitPerIndex"], spec["maxFailedIndexes"]) == (2, 0)
     (owner,) = job["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
         "TTSJob",
@@ -176,80 +110,99 @@ def test_parts_run_as_one_indexed_job_and_the_joined_output_is_reported(
     assert run_job["command"][run_job["command"].index("--part-count") + 1] == "3"
     assert {r["action"] for r in spec["podFailurePolicy"]["rules"]} == {"FailJob", "Ignore"}
 
-    wait_for(lambda: _status(api).get("phase") == "Running", message="never Running")
-    _pod_ended(api, job, 0, 0, _part_done(0))
-    _job_progress(api, job, 1)
-    wait_for(
-        lambda: "1/3 parts done" in _status(api).get("message", ""),
+    kube.wait_for(lambda: _status(kube, ns).get("phase") == "Running", message="never Running")
+    _part_ended(kube, ns, job, 0, 0, _part_done(0))
+    kube.wait_for(
+        lambda: "1/3 parts done" in _status(kube, ns).get("message", ""),
         message="the message never counted the parts done",
     )
-    assert _status(api)["phase"] == "Running"
+    assert _status(kube, ns)["phase"] == "Running"
 
-    _pod_ended(api, job, 1, 0, _part_done(1))
-    _pod_ended(api, job, 2, 0, JOINED)  # the last part to finish finds all parts and joins
-    _job_progress(api, job, 3, condition=COMPLETE)
-    status = wait_for(
-        lambda: _status(api) if _status(api).get("phase") == "Succeeded" else None,
+    _part_ended(kube, ns, job, 1, 0, _part_done(1))
+    _part_ended(kube, ns, job, 2, 0, JOINED)  # the last part to finish finds all and joins
+    status = kube.wait_for(
+        lambda: (st := _status(kube, ns)).get("phase") == "Succeeded" and st,
+        timeout=60,
         message="never Succeeded",
     )
     assert status["outputUri"] == OUTPUT
     assert (status["audioSeconds"], status["rtf"]) == (612.4, 0.081)
     assert status["message"] == f"audio written to {OUTPUT}"
     assert status["completedAt"]
-    assert len(_batch_jobs(api)) == 1
+    assert len(_batch_jobs(kube, ns)) == 1
 
 
-def test_a_part_rejecting_its_input_fails_the_ttsjob_with_that_message(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+def test_a_part_rejecting_its_input_fails_the_ttsjob_at_once_with_that_message(
+    kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
-    _start(run_operator)
-    _create_ttsjob(api)
-    job = _one_batch_job(api, wait_for)
+    run_operator()
+    _create_ttsjob(kube, ns)
+    job = _one_batch_job(kube, ns)
     reason = "textFrom s3://my-tts-bucket/texts/chapter-one.txt: no such key"
-    _pod_ended(api, job, 1, 2, {"part": 1, "parts": PARTS, "message": reason})
-    # FailJob stops the other parts; their containers end with SIGTERM.
-    _pod_ended(api, job, 0, 143, "Terminated\n")
-    _pod_ended(api, job, 2, 143, "Terminated\n")
-    _job_progress(
-        api,
-        job,
-        0,
-        condition={
-            "reason": "PodFailurePolicy",
-            "message": "Container run-job for pod tts-test/chapter-one-run-1-x failed with exit code 2 matching FailJob rule at index 0",
-        },
+    _part_ended(kube, ns, job, 1, 2, {"part": 1, "parts": PARTS, "message": reason})
+    # The Job controller applies FailJob: the Job fails, no index is retried.
+    failed_job = kube.wait_for(
+        lambda: next(
+            (
+                cd
+                for cd in (kube.get("jobs", ns, job["metadata"]["name"]) or {})
+                .get("status", {})
+                .get("conditions", [])
+                if cd["type"] == "Failed" and cd["status"] == "True"
+            ),
+            None,
+        ),
+        timeout=30,
+        message="the Job never failed",
     )
-    status = wait_for(
-        lambda: _status(api) if _status(api).get("phase") == "Failed" else None,
+    assert failed_job["reason"] == "PodFailurePolicy"
+    status = kube.wait_for(
+        lambda: (st := _status(kube, ns)).get("phase") == "Failed" and st,
         message="never Failed",
     )
     assert status["message"] == reason
-    assert "outputUri" not in status or status["outputUri"] is None
+    assert status.get("outputUri") is None
     failed = {cond["type"]: cond for cond in status["conditions"]}["Failed"]
     assert (failed["status"], failed["message"]) == ("True", reason)
 
 
-def test_an_operator_restart_midway_still_makes_one_job(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+def test_a_pod_exiting_with_code_2_fails_the_indexed_job_without_retries(
+    kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
-    runner = _start(run_operator)
-    _create_ttsjob(api)
-    job = _one_batch_job(api, wait_for)
-    wait_for(lambda: _status(api).get("phase") == "Running", message="never Running")
+    """kwok ends every pod of this job with exit code 2 (its nodeSelector asks for it)."""
+    run_operator()
+    _create_ttsjob(kube, ns, node_label=EXIT_CODE_LABEL, value="2")
+    job = _one_batch_job(kube, ns)
+    kube.wait_for(
+        lambda: _status(kube, ns).get("phase") == "Failed", timeout=30, message="never Failed"
+    )
+    final = kube.get("jobs", ns, job["metadata"]["name"]) or {}
+    reasons = {cd["type"]: cd.get("reason") for cd in final["status"]["conditions"]}
+    assert reasons["Failed"] == "PodFailurePolicy"
+    assert int(final["status"].get("failed") or 0) <= PARTS, "a part was retried"
+
+
+def test_an_operator_restart_midway_still_makes_one_job(
+    kube: Kube, ns: str, run_operator: RunOperator
+) -> None:
+    runner = run_operator()
+    _create_ttsjob(kube, ns)
+    job = _one_batch_job(kube, ns)
+    kube.wait_for(lambda: _status(kube, ns).get("phase") == "Running", message="never Running")
     runner.stop()
-    _pod_ended(api, job, 0, 0, _part_done(0))
-    _job_progress(api, job, 1)
+    _part_ended(kube, ns, job, 0, 0, _part_done(0))
     runner.start()
-    wait_for(
-        lambda: "1/3 parts done" in _status(api).get("message", ""),
+    kube.wait_for(
+        lambda: "1/3 parts done" in _status(kube, ns).get("message", ""),
         message="the restarted operator never caught up",
     )
-    _pod_ended(api, job, 2, 0, _part_done(2))
-    _pod_ended(api, job, 1, 0, dict(JOINED, part=1))
-    _job_progress(api, job, 3, condition=COMPLETE)
-    wait_for(lambda: _status(api).get("phase") == "Succeeded", message="never Succeeded")
-    assert len(_batch_jobs(api)) == 1
-    assert _batch_jobs(api)[0]["metadata"]["uid"] == job["metadata"]["uid"]
+    _part_ended(kube, ns, job, 2, 0, _part_done(2))
+    _part_ended(kube, ns, job, 1, 0, dict(JOINED, part=1))
+    kube.wait_for(
+        lambda: _status(kube, ns).get("phase") == "Succeeded", timeout=60, message="never Succeeded"
+    )
+    assert len(_batch_jobs(kube, ns)) == 1
+    assert _batch_jobs(kube, ns)[0]["metadata"]["uid"] == job["metadata"]["uid"]
 
 
 def _counted(phase: str) -> float:
@@ -258,30 +211,31 @@ def _counted(phase: str) -> float:
 
 
 def test_a_deleted_ttsjob_no_longer_counts_in_the_resources_gauge(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+    kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
-    _start(run_operator)
-    _create_ttsjob(api, parallelism=1)
-    job = _one_batch_job(api, wait_for)
-    assert "completionMode" not in job["spec"] or job["spec"]["completionMode"] == "NonIndexed"
-    _pod_ended(api, job, 0, 0, dict(JOINED, part=0, parts=1))
-    _job_progress(api, job, 1, condition=COMPLETE)
-    wait_for(lambda: _status(api).get("phase") == "Succeeded", message="never Succeeded")
-    counted = wait_for(lambda: _counted("Succeeded") or None, message="never counted")
-    api.delete("ttsjobs", NAMESPACE, "chapter-one")
-    wait_for(lambda: api.get("ttsjobs", NAMESPACE, "chapter-one") is None, message="not deleted")
-    wait_for(
-        lambda: _counted("Succeeded") == counted - 1,
-        message="the deleted TTSJob still counts",
+    before = _counted("Succeeded")
+    run_operator()
+    _create_ttsjob(kube, ns, parallelism=1)
+    job = _one_batch_job(kube, ns)
+    assert job["spec"].get("completionMode", "NonIndexed") == "NonIndexed"
+    _part_ended(kube, ns, job, 0, 0, dict(JOINED, part=0, parts=1))
+    kube.wait_for(
+        lambda: _status(kube, ns).get("phase") == "Succeeded", timeout=60, message="never Succeeded"
+    )
+    kube.wait_for(lambda: _counted("Succeeded") == before + 1, message="never counted")
+    kube.delete("ttsjobs", ns, "chapter-one")
+    kube.wait_gone("ttsjobs", ns, "chapter-one")
+    kube.wait_for(
+        lambda: _counted("Succeeded") == before, message="the deleted TTSJob still counts"
     )
 
 
 def test_parts_sharing_a_read_write_once_claim_are_kept_on_one_node(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+    kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
-    api.create(
+    kube.create(
         "persistentvolumeclaims",
-        NAMESPACE,
+        ns,
         {
             "metadata": {"name": "shared-cache"},
             "spec": {
@@ -290,12 +244,17 @@ def test_parts_sharing_a_read_write_once_claim_are_kept_on_one_node(
             },
         },
     )
-    _start(run_operator)
-    job = _example("chapter-one")
+    run_operator()
+    job = example("chapter-one")
     job["spec"]["parallelism"] = PARTS
+    job["spec"]["nodeSelector"] = {HOLD_LABEL: "true"}
     job["spec"]["storage"]["cache"] = {"existingClaim": "shared-cache"}
-    api.create("ttsjobs", NAMESPACE, job)
-    pod = _one_batch_job(api, wait_for)["spec"]["template"]["spec"]
+    kube.create("ttsjobs", ns, job)
+    batch = _one_batch_job(kube, ns)
+    pod = batch["spec"]["template"]["spec"]
     (term,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert {"claimName": "shared-cache"} in [v.get("persistentVolumeClaim") for v in pod["volumes"]]
+    # The scheduler keeps every part on the node of the first.
+    nodes = {_index_pod(kube, ns, batch, i)["spec"]["nodeName"] for i in range(PARTS)}
+    assert len(nodes) == 1, nodes

@@ -1,4 +1,10 @@
-"""The operator under the real Kopf runtime against the emulated API server."""
+"""The operator under the real Kopf runtime on the real test control plane.
+
+Kubernetes' own controllers decide here: the Job controller completes the cache
+Job, the Deployment and ReplicaSet controllers roll pods, the scheduler places
+them on kwok's nodes, the garbage collector removes children. The operator runs
+with a token of the chart's ServiceAccount (tests/operator/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import kopf
-import pytest
 import yaml
 from prometheus_client import REGISTRY
 
 os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
 
-from tests.operator.conftest import NAMESPACE, RunOperator, WaitFor
-from tests.support.kube_emulator import ApiServer
-from tts_operator import config
+from tests.operator.conftest import RunOperator
+from tests.support.cluster import HOLD_LABEL, Kube
 from tts_operator import constants as c
 from tts_operator import main as operator_main
 
@@ -30,11 +33,14 @@ SUMMARY = {
     "bytesDownloaded": 1402692773,
     "seconds": 3.3,
 }
+GPU_NODES = {"gpu-a", "gpu-b"}
 
 assert operator_main.RECONCILE_INTERVAL < 1, "import tts_operator.main after setting the interval"
 
+Obj = dict[str, Any]
 
-def _example(name: str) -> dict[str, Any]:
+
+def example(name: str) -> Obj:
     for path in (ROOT / "examples").glob("*.yaml"):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc["metadata"]["name"] == name:
@@ -42,302 +48,337 @@ def _example(name: str) -> dict[str, Any]:
     raise KeyError(name)
 
 
-def _start(run_operator: RunOperator) -> Any:
-    settings = config.Settings(
-        namespaces=(NAMESPACE,), endpoint_url_template="http://{service}.{namespace}.svc:{port}"
-    )
-    return run_operator(memo=kopf.Memo(settings=settings))
-
-
-def _setup(api: ApiServer) -> dict[str, Any]:
-    secret = _example("b2-credentials")
+def setup(kube: Kube, ns: str, **spec: Any) -> Obj:
+    """The examples' Secret and TTSEndpoint, as a user applies them (``spec`` merged in)."""
+    secret = example("b2-credentials")
     secret["stringData"]["AWS_SECRET_ACCESS_KEY"] = SECRET_VALUE
-    api.create("secrets", NAMESPACE, secret)
-    return api.create("ttsendpoints", NAMESPACE, _example("f5tts"))
+    kube.create("secrets", ns, secret)
+    endpoint = example("f5tts")
+    endpoint["spec"].update(spec)
+    return kube.create("ttsendpoints", ns, endpoint)
 
 
-def _endpoint(api: ApiServer) -> dict[str, Any]:
-    obj = api.get("ttsendpoints", NAMESPACE, "f5tts")
-    assert obj is not None
-    return obj
+def status(kube: Kube, ns: str, name: str = "f5tts") -> Obj:
+    return dict((kube.get("ttsendpoints", ns, name) or {}).get("status") or {})
 
 
-def _status(api: ApiServer) -> dict[str, Any]:
-    return _endpoint(api).get("status") or {}
-
-
-def _cond(api: ApiServer, type_: str) -> dict[str, Any]:
-    for cond in _status(api).get("conditions", []):
-        if cond["type"] == type_:
-            return dict(cond)
+def cond(kube: Kube, ns: str, type_: str) -> Obj:
+    for item in status(kube, ns).get("conditions", []):
+        if item["type"] == type_:
+            return dict(item)
     return {}
 
 
-def _cache_jobs(api: ApiServer) -> list[dict[str, Any]]:
-    return [
-        j
-        for j in api.objects("jobs", NAMESPACE)
-        if j["metadata"]["labels"].get(c.LABEL_COMPONENT) == c.COMPONENT_CACHE
-    ]
+def cache_jobs(kube: Kube, ns: str) -> list[Obj]:
+    return kube.list("jobs", ns, f"{c.LABEL_COMPONENT}={c.COMPONENT_CACHE}")
 
 
-def _one_cache_job(api: ApiServer, wait_for: WaitFor) -> dict[str, Any]:
-    jobs = wait_for(lambda: _cache_jobs(api) or None, message="no cache Job")
+def one_cache_job(kube: Kube, ns: str) -> Obj:
+    jobs = kube.wait_for(lambda: cache_jobs(kube, ns), message="no cache Job")
     assert len(jobs) == 1
-    return dict(jobs[0])
+    return jobs[0]
 
 
-def test_endpoint_gets_its_children_then_scales_once_the_cache_is_ready(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+def job_condition(job: Obj, type_: str) -> bool:
+    return any(
+        cd["type"] == type_ and cd["status"] == "True"
+        for cd in (job.get("status") or {}).get("conditions") or []
+    )
+
+
+def server_pods(kube: Kube, ns: str) -> list[Obj]:
+    return kube.list("pods", ns, f"{c.LABEL_COMPONENT}={c.COMPONENT_SERVER}")
+
+
+def replicas(kube: Kube, ns: str) -> int | None:
+    dep = kube.get("deployments", ns, "f5tts")
+    return None if dep is None else int(dep["spec"].get("replicas", 1))
+
+
+def held_pod(kube: Kube, ns: str, job: Obj) -> Obj:
+    """The Running pod of a held Job (kwok leaves it to the test, as a kubelet would)."""
+    selector = f"batch.kubernetes.io/job-name={job['metadata']['name']}"
+
+    def running() -> Obj | None:
+        pods = [
+            p
+            for p in kube.list("pods", ns, selector)
+            if (p.get("status") or {}).get("phase") == "Running"
+        ]
+        return pods[0] if pods else None
+
+    return kube.wait_for(running, message=f"no running pod of Job {job['metadata']['name']}")
+
+
+def finish_pod(kube: Kube, ns: str, pod: Obj, exit_code: int, message: str) -> None:
+    """Write what a kubelet writes when the pod's container exits."""
+    now = pod["status"].get("startTime")
+    statuses = [
+        {
+            "name": ct["name"],
+            "image": ct["image"],
+            "imageID": "",
+            "ready": False,
+            "restartCount": 0,
+            "started": False,
+            "state": {
+                "terminated": {
+                    "exitCode": exit_code,
+                    "reason": "Completed" if exit_code == 0 else "Error",
+                    "message": message,
+                    "startedAt": now,
+                    "finishedAt": now,
+                }
+            },
+        }
+        for ct in pod["spec"]["containers"]
+    ]
+    kube.patch_status(
+        "pods",
+        ns,
+        pod["metadata"]["name"],
+        {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": statuses,
+            "conditions": [
+                {"type": "Ready", "status": "False", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "False", "lastTransitionTime": now},
+            ],
+        },
+    )
+
+
+def test_examples_reach_ready_on_gpu_nodes_only_and_roll_out_and_clean_up(
+    kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
-    _start(run_operator)
-    endpoint = _setup(api)
+    run_operator()
+    endpoint = setup(kube, ns, replicas=2)
     uid = endpoint["metadata"]["uid"]
-    for kind, name in [
-        ("persistentvolumeclaims", "f5tts-cache"),
-        ("deployments", "f5tts"),
-        ("services", "f5tts"),
-        ("poddisruptionbudgets", "f5tts"),
-    ]:
-        child = wait_for(
-            lambda kind=kind, name=name: api.get(kind, NAMESPACE, name), message=f"no {kind}/{name}"
-        )
-        (owner,) = child["metadata"]["ownerReferences"]
-        assert owner["uid"] == uid
-        assert owner["controller"] is True
-    job = _one_cache_job(api, wait_for)
+
+    # The cache Job: no GPU requested, completed by the real Job controller.
+    job = one_cache_job(kube, ns)
     assert job["metadata"]["ownerReferences"][0]["uid"] == uid
-    wait_for(lambda: _status(api).get("phase") == "Syncing", message="never Syncing")
-    assert _cond(api, c.CACHE_READY)["status"] == "False"
-    dep = api.get("deployments", NAMESPACE, "f5tts")
-    assert dep is not None
-    assert dep["spec"]["replicas"] == 0, "no GPU pod before the cache is ready"
-
-    api.complete_job(NAMESPACE, job["metadata"]["name"], termination_message=json.dumps(SUMMARY))
-    wait_for(
-        lambda: _cond(api, c.CACHE_READY).get("status") == "True", message="CacheReady never True"
+    for ct in job["spec"]["template"]["spec"]["containers"]:
+        assert "nvidia.com/gpu" not in str(ct.get("resources", {}))
+    done: Obj = kube.wait_for(
+        lambda: (j := kube.get("jobs", ns, job["metadata"]["name"]))
+        and job_condition(j, "Complete")
+        and j,
+        timeout=60,
+        message="the cache Job never completed",
     )
-    wait_for(
-        lambda: (api.get("deployments", NAMESPACE, "f5tts") or {}).get("spec", {}).get("replicas")
-        == 1,
-        message="never scaled up",
-    )
-    status = _status(api)
-    assert status["modelDigest"] == SUMMARY["digest"]
-    assert status["cacheBytes"] == SUMMARY["bytesDownloaded"]
 
-    api.mark_deployment_available(NAMESPACE, "f5tts")
-    wait_for(lambda: _status(api).get("phase") == "Ready", message="never Ready")
-    status = _status(api)
-    conds = {cond["type"]: cond for cond in status["conditions"]}
-    assert {t: cond["status"] for t, cond in conds.items()} == {
+    kube.wait_for(
+        lambda: status(kube, ns).get("phase") == "Ready", timeout=60, message="never Ready"
+    )
+    st = status(kube, ns)
+    conds = {item["type"]: item for item in st["conditions"]}
+    assert {t: item["status"] for t, item in conds.items()} == {
         "Available": "True",
         "CacheReady": "True",
         "FlashAttnReady": "True",
     }
-    generation = _endpoint(api)["metadata"]["generation"]
-    assert status["observedGeneration"] == generation
-    assert all(cond["observedGeneration"] == generation for cond in conds.values())
-    assert status["url"] == "http://f5tts.tts-test.svc:8000"
-    assert status["readyReplicas"] == 1
-    wait_for(
-        lambda: {"Syncing", "Ready"} <= {e.get("reason") for e in api.events(NAMESPACE)},
-        message="no events on transitions",
-    )
+    generation = kube.get("ttsendpoints", ns, "f5tts")["metadata"]["generation"]  # type: ignore[index]
+    assert st["observedGeneration"] == generation
+    assert all(item["observedGeneration"] == generation for item in conds.values())
+    assert st["url"] == f"http://f5tts.{ns}.svc:8000"
+    assert st["readyReplicas"] == 2
 
+    # Only once the cache was complete did any server pod exist; all on GPU nodes.
+    pods = server_pods(kube, ns)
+    assert len(pods) == 2
+    completed_at = done["status"]["completionTime"]
+    for pod in pods:
+        assert pod["metadata"]["creationTimestamp"] >= completed_at
+        assert pod["spec"]["nodeName"] in GPU_NODES, pod["spec"]["nodeName"]
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert len({pod["spec"]["nodeName"] for pod in pods}) == 1, "ReadWriteOnce: one node"
+    placed = {p["spec"].get("nodeName") for p in kube.list("pods", ns)}
+    assert not placed & {"cpu-a", "gpu-tainted"}
+    events = {e.get("reason") for e in kube.events(ns)}
+    assert {"Syncing", "Ready"} <= events
 
-def test_spec_change_rolls_the_pods_and_observed_generation_follows(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
-) -> None:
-    _start(run_operator)
-    _setup(api)
-    api.complete_job(
-        NAMESPACE,
-        _one_cache_job(api, wait_for)["metadata"]["name"],
-        termination_message=json.dumps(SUMMARY),
-    )
-    wait_for(
-        lambda: (api.get("deployments", NAMESPACE, "f5tts") or {}).get("spec", {}).get("replicas")
-        == 1
-    )
-    api.mark_deployment_available(NAMESPACE, "f5tts")
-    wait_for(lambda: _status(api).get("phase") == "Ready")
-    before = api.get("deployments", NAMESPACE, "f5tts")
-    assert before is not None
-    old_hash = before["spec"]["template"]["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
+    # A spec change rolls out a new ReplicaSet, and observedGeneration follows.
+    old_sets = {rs["metadata"]["name"] for rs in kube.list("replicasets", ns)}
+    kube.patch("ttsendpoints", ns, "f5tts", {"spec": {"inference": {"nfeStep": 16}}})
+    generation += 1
 
-    api.patch("ttsendpoints", NAMESPACE, "f5tts", {"spec": {"inference": {"nfeStep": 16}}})
-    generation = _endpoint(api)["metadata"]["generation"]
+    def rolled_out() -> bool:
+        sets = kube.list("replicasets", ns)
+        new = [rs for rs in sets if rs["metadata"]["name"] not in old_sets]
+        return bool(new) and int(new[0].get("status", {}).get("readyReplicas") or 0) == 2
 
-    def rolled() -> dict[str, Any] | None:
-        dep = api.get("deployments", NAMESPACE, "f5tts") or {}
-        template = dep.get("spec", {}).get("template", {})
-        changed = (
-            template.get("metadata", {}).get("annotations", {}).get(c.ANNOTATION_SPEC_HASH)
-            != old_hash
-        )
-        return dep if changed else None
-
-    dep = wait_for(rolled, message="the pod template never changed")
-    command = dep["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[command.index("--nfe-step") + 1] == "16"
-    wait_for(
-        lambda: _status(api).get("observedGeneration") == generation,
+    kube.wait_for(rolled_out, timeout=60, message="no new ReplicaSet rolled out")
+    kube.wait_for(
+        lambda: status(kube, ns).get("observedGeneration") == generation
+        and status(kube, ns).get("phase") == "Ready",
+        timeout=30,
         message="observedGeneration never followed",
     )
-    assert len(_cache_jobs(api)) == 1, "an inference change needs no new sync"
+    deployment = kube.get("deployments", ns, "f5tts") or {}
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--nfe-step") + 1] == "16"
+    assert len(cache_jobs(kube, ns)) == 1, "an inference change needs no new sync"
+
+    # Deleting the endpoint removes every child through the garbage collector.
+    kube.delete("ttsendpoints", ns, "f5tts")
+
+    def children() -> list[str]:
+        left = []
+        for kind in (
+            "deployments",
+            "replicasets",
+            "pods",
+            "jobs",
+            "services",
+            "poddisruptionbudgets",
+            "persistentvolumeclaims",
+        ):
+            left += [f"{kind}/{o['metadata']['name']}" for o in kube.list(kind, ns)]
+        return left
+
+    kube.wait_for(lambda: not children(), timeout=60, message="children left behind")
 
 
 def test_operator_restart_half_way_creates_nothing_twice(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+    kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
-    runner = _start(run_operator)
-    _setup(api)
-    job = _one_cache_job(api, wait_for)
-    wait_for(lambda: api.get("services", NAMESPACE, "f5tts"))
+    runner = run_operator()
+    # The cache Job is held: the operator is stopped while it runs.
+    setup(kube, ns, nodeSelector={"nvidia.com/gpu.present": "true", HOLD_LABEL: "true"})
+    job = one_cache_job(kube, ns)
+    kube.wait_for(lambda: kube.get("services", ns, "f5tts"), message="no Service")
+    pod = held_pod(kube, ns, job)
     runner.stop()
-    api.complete_job(NAMESPACE, job["metadata"]["name"], termination_message=json.dumps(SUMMARY))
-    runner.start()
-    wait_for(
-        lambda: (api.get("deployments", NAMESPACE, "f5tts") or {}).get("spec", {}).get("replicas")
-        == 1
+    finish_pod(kube, ns, pod, 0, json.dumps(SUMMARY))
+    kube.wait_for(
+        lambda: job_condition(kube.get("jobs", ns, job["metadata"]["name"]) or {}, "Complete"),
+        message="the cache Job never completed",
     )
-    api.mark_deployment_available(NAMESPACE, "f5tts")
-    wait_for(lambda: _status(api).get("phase") == "Ready")
+    runner.start()
+    kube.wait_for(
+        lambda: status(kube, ns).get("phase") == "Ready", timeout=60, message="never Ready"
+    )
     for kind in ("persistentvolumeclaims", "deployments", "services", "poddisruptionbudgets"):
-        assert len(api.objects(kind, NAMESPACE)) == 1, kind
-    assert len(_cache_jobs(api)) == 1
+        assert len(kube.list(kind, ns)) == 1, kind
+    assert len(cache_jobs(kube, ns)) == 1
+    assert len(kube.list("replicasets", ns)) == 1
+    st = status(kube, ns)
+    assert st["modelDigest"] == SUMMARY["digest"]
+    assert st["cacheBytes"] == SUMMARY["bytesDownloaded"]
 
 
 def test_failed_cache_sync_holds_the_gpu_pods_and_a_fixed_secret_recovers(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+    kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
-    _start(run_operator)
-    _setup(api)
-    job = _one_cache_job(api, wait_for)
+    run_operator()
+    setup(kube, ns, nodeSelector={"nvidia.com/gpu.present": "true", HOLD_LABEL: "true"})
+    job = one_cache_job(kube, ns)
     failure = {
         "event": "sync-failed",
         "message": "sync failed: 403 AccessDenied on s3://my-tts-bucket/models/F5TTS_v1_Base/v1/manifest.json: access denied",
     }
-    api.fail_job(NAMESPACE, job["metadata"]["name"], termination_message=json.dumps(failure))
-    wait_for(lambda: _status(api).get("phase") == "Failed", message="never Failed")
-    cache = _cond(api, c.CACHE_READY)
+    # A permanent failure (exit 2) fails the Job at once: no retries against a wrong key.
+    finish_pod(kube, ns, held_pod(kube, ns, job), 2, json.dumps(failure))
+    kube.wait_for(
+        lambda: status(kube, ns).get("phase") == "Failed", timeout=30, message="never Failed"
+    )
+    cache = cond(kube, ns, c.CACHE_READY)
     assert cache["status"] == "False"
     assert cache["reason"] == c.REASON_CACHE_FAILED
     assert (
         "403 AccessDenied on s3://my-tts-bucket/models/F5TTS_v1_Base/v1/manifest.json"
         in cache["message"]
     )
-    dep = api.get("deployments", NAMESPACE, "f5tts")
-    assert dep is not None
-    assert dep["spec"]["replicas"] == 0
-    wait_for(
+    assert replicas(kube, ns) == 0
+    assert not server_pods(kube, ns)
+    kube.wait_for(
         lambda: any(
-            "403" in e.get("message", "")
-            for e in api.events(NAMESPACE)
-            if e.get("type") == "Warning"
+            "403" in e.get("message", "") for e in kube.events(ns) if e.get("type") == "Warning"
         ),
         message="no Warning event naming the 403",
     )
 
     # The user fixes the key in the Secret; nothing is deleted by hand.
-    api.patch(
-        "secrets",
-        NAMESPACE,
-        "b2-credentials",
-        {"stringData": {"AWS_SECRET_ACCESS_KEY": "the-right-key-5678"}},
+    kube.patch(
+        "secrets", ns, "b2-credentials", {"stringData": {"AWS_SECRET_ACCESS_KEY": "right-5678"}}
     )
-    fresh = wait_for(
-        lambda: [j for j in _cache_jobs(api) if j["metadata"]["name"] != job["metadata"]["name"]]
-        or None,
+    fresh = kube.wait_for(
+        lambda: [
+            j for j in cache_jobs(kube, ns) if j["metadata"]["name"] != job["metadata"]["name"]
+        ],
         message="no fresh cache Job after the Secret changed",
     )
-    api.complete_job(
-        NAMESPACE, fresh[0]["metadata"]["name"], termination_message=json.dumps(SUMMARY)
+    finish_pod(kube, ns, held_pod(kube, ns, fresh[0]), 0, json.dumps(SUMMARY))
+    kube.wait_for(
+        lambda: status(kube, ns).get("phase") == "Ready", timeout=60, message="never recovered"
     )
-    wait_for(
-        lambda: (api.get("deployments", NAMESPACE, "f5tts") or {}).get("spec", {}).get("replicas")
-        == 1,
-        message="never scaled up",
+    kube.wait_for(
+        lambda: len(cache_jobs(kube, ns)) == 1, message="the failed Job was not cleaned up"
     )
-    wait_for(lambda: len(_cache_jobs(api)) == 1, message="the failed Job was not cleaned up")
-    api.mark_deployment_available(NAMESPACE, "f5tts")
-    wait_for(lambda: _status(api).get("phase") == "Ready", message="never recovered")
+    assert status(kube, ns)["modelDigest"] == SUMMARY["digest"]
 
 
 def test_credentials_are_never_copied_anywhere(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+    kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
-    _start(run_operator)
-    _setup(api)
-    api.complete_job(
-        NAMESPACE,
-        _one_cache_job(api, wait_for)["metadata"]["name"],
-        termination_message=json.dumps(SUMMARY),
+    run_operator()
+    setup(kube, ns)
+    kube.wait_for(
+        lambda: status(kube, ns).get("phase") == "Ready", timeout=60, message="never Ready"
     )
-    wait_for(lambda: _cond(api, c.CACHE_READY).get("status") == "True")
     for kind in (
         "ttsendpoints",
         "deployments",
+        "replicasets",
+        "pods",
         "jobs",
         "services",
         "persistentvolumeclaims",
         "poddisruptionbudgets",
         "events",
     ):
-        assert SECRET_VALUE not in json.dumps(api.objects(kind, NAMESPACE)), kind
+        assert SECRET_VALUE not in json.dumps(kube.list(kind, ns)), kind
 
 
-def test_job_waits_for_its_endpoint(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
-) -> None:
-    _start(run_operator)
-    _setup(api)
-    api.create("ttsjobs", NAMESPACE, _example("hello-on-endpoint"))
+def test_job_waits_for_its_endpoint(kube: Kube, ns: str, run_operator: RunOperator) -> None:
+    run_operator()
+    setup(kube, ns, nodeSelector={"nvidia.com/gpu.present": "true", HOLD_LABEL: "true"})
+    kube.create("ttsjobs", ns, example("hello-on-endpoint"))
 
-    def pending() -> dict[str, Any] | None:
-        job = api.get("ttsjobs", NAMESPACE, "hello-on-endpoint") or {}
-        status = job.get("status") or {}
-        return (
-            status
-            if status.get("phase") == "Pending" and "cache" in status.get("message", "")
-            else None
-        )
+    def pending() -> Obj | None:
+        job = kube.get("ttsjobs", ns, "hello-on-endpoint") or {}
+        st = job.get("status") or {}
+        return st if st.get("phase") == "Pending" and "cache" in st.get("message", "") else None
 
-    status = wait_for(pending, message="never Pending")
-    assert "waiting for TTSEndpoint f5tts" in status["message"]
-    assert "cache" in status["message"]
+    st = kube.wait_for(pending, message="never Pending")
+    assert "waiting for TTSEndpoint f5tts" in st["message"]
 
 
-@pytest.mark.parametrize("replicas", [0])
 def test_scaled_to_zero_keeps_the_cache_warm(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor, replicas: int
+    kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
-    _start(run_operator)
-    secret = _example("b2-credentials")
-    api.create("secrets", NAMESPACE, secret)
-    ep = _example("f5tts")
-    ep["spec"]["replicas"] = replicas
-    api.create("ttsendpoints", NAMESPACE, ep)
-    api.complete_job(
-        NAMESPACE,
-        _one_cache_job(api, wait_for)["metadata"]["name"],
-        termination_message=json.dumps(SUMMARY),
+    run_operator()
+    setup(kube, ns, replicas=0)
+    kube.wait_for(
+        lambda: status(kube, ns).get("phase") == "Ready", timeout=60, message="never Ready"
     )
-    wait_for(lambda: _status(api).get("phase") == "Ready")
-    assert _cond(api, c.AVAILABLE)["reason"] == c.REASON_SCALED_TO_ZERO
+    assert cond(kube, ns, c.AVAILABLE)["reason"] == c.REASON_SCALED_TO_ZERO
+    assert cond(kube, ns, c.CACHE_READY)["status"] == "True"
+    assert not server_pods(kube, ns)
+    assert len(kube.list("persistentvolumeclaims", ns)) == 1
 
 
 def test_a_deleted_endpoint_no_longer_counts_in_the_resources_gauge(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
+    kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
     def counted() -> float:
         labels = {"kind": "TTSEndpoint", "phase": "Syncing"}
         return REGISTRY.get_sample_value("tts_operator_resources", labels) or 0.0
 
-    _start(run_operator)
-    _setup(api)
-    wait_for(lambda: _status(api).get("phase") == "Syncing", message="never Syncing")
-    before = wait_for(lambda: counted() or None, message="never counted")
-    api.delete("ttsendpoints", NAMESPACE, "f5tts")
-    wait_for(lambda: counted() == before - 1, message="the deleted TTSEndpoint still counts")
+    before = counted()
+    run_operator()
+    setup(kube, ns, nodeSelector={"nvidia.com/gpu.present": "true", HOLD_LABEL: "true"})
+    kube.wait_for(lambda: counted() == before + 1, message="never counted")
+    kube.delete("ttsendpoints", ns, "f5tts")
+    kube.wait_for(lambda: counted() == before, message="the deleted TTSEndpoint still counts")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +13,8 @@ import pytest
 os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
 
 from tests.inference.test_server import tiny_model
-from tests.operator.conftest import NAMESPACE, RunOperator, WaitFor
-from tests.support.kube_emulator import ApiServer
+from tests.operator.conftest import RunOperator
+from tests.support.cluster import Kube
 from tests.support.s3 import S3Server
 from tests.support.server import Server, start_server, stop
 from tts_inference import audio
@@ -26,7 +25,6 @@ __all__ = ["operator_main", "tiny_model"]
 pytestmark = pytest.mark.slow
 
 BUCKET = "tts-operator-jobs"
-SUMMARY = {"event": "sync-complete", "digest": "ab" * 32, "bytesDownloaded": 1, "seconds": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +50,19 @@ def server(
     stop(srv)
 
 
-def _ready_endpoint(api: ApiServer, run_operator: RunOperator, wait_for: WaitFor, url: str) -> Any:
-    settings = config.Settings(namespaces=(NAMESPACE,), endpoint_url_template=url)
+def _ready_endpoint(kube: Kube, ns: str, run_operator: RunOperator, url: str) -> Any:
+    """A CPU TTSEndpoint made Ready by the cluster (kwok plays its pods); jobs go to ``url``."""
+    settings = config.Settings(namespaces=(ns,), endpoint_url_template=url)
     runner = run_operator(memo=kopf.Memo(settings=settings))
-    api.create(
+    kube.create(
         "secrets",
-        NAMESPACE,
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "bucket"},
-            "stringData": {"AWS_REGION": "us-east-1"},
-        },
+        ns,
+        {"metadata": {"name": "bucket"}, "stringData": {"AWS_REGION": "us-east-1"}},
     )
-    api.create(
+    kube.create(
         "ttsendpoints",
-        NAMESPACE,
+        ns,
         {
-            "apiVersion": "tts.f5tts.dev/v1alpha1",
-            "kind": "TTSEndpoint",
             "metadata": {"name": "tiny"},
             "spec": {
                 "model": {"name": "tiny", "source": f"s3://{BUCKET}/models/tiny/v1/"},
@@ -79,18 +71,11 @@ def _ready_endpoint(api: ApiServer, run_operator: RunOperator, wait_for: WaitFor
             },
         },
     )
-    job = wait_for(lambda: api.objects("jobs", NAMESPACE) or None)[0]
-    api.complete_job(NAMESPACE, job["metadata"]["name"], termination_message=json.dumps(SUMMARY))
-    wait_for(
-        lambda: (api.get("deployments", NAMESPACE, "tiny") or {}).get("spec", {}).get("replicas")
-        == 1
-    )
-    api.mark_deployment_available(NAMESPACE, "tiny")
-    wait_for(
-        lambda: ((api.get("ttsendpoints", NAMESPACE, "tiny") or {}).get("status") or {}).get(
-            "phase"
-        )
-        == "Ready"
+    kube.wait_for(
+        lambda: ((kube.get("ttsendpoints", ns, "tiny") or {}).get("status") or {}).get("phase")
+        == "Ready",
+        timeout=60,
+        message="the endpoint never became Ready",
     )
     return runner
 
@@ -109,18 +94,18 @@ def _ttsjob(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def _finished(api: ApiServer, name: str) -> Any:
-    status = (api.get("ttsjobs", NAMESPACE, name) or {}).get("status") or {}
+def _finished(kube: Kube, ns: str, name: str) -> Any:
+    status = (kube.get("ttsjobs", ns, name) or {}).get("status") or {}
     return status if status.get("phase") in ("Succeeded", "Failed") else None
 
 
 def test_job_succeeds_and_its_audio_is_in_the_bucket(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor, server: Server, s3: S3Server
+    kube: Kube, ns: str, run_operator: RunOperator, server: Server, s3: S3Server
 ) -> None:
-    _ready_endpoint(api, run_operator, wait_for, server.url)
-    api.create("ttsjobs", NAMESPACE, _ttsjob("hello"))
-    status = wait_for(
-        lambda: _finished(api, "hello"), timeout=120, message="the job never finished"
+    _ready_endpoint(kube, ns, run_operator, server.url)
+    kube.create("ttsjobs", ns, _ttsjob("hello"))
+    status = kube.wait_for(
+        lambda: _finished(kube, ns, "hello"), timeout=120, message="the job never finished"
     )
     assert status["phase"] == "Succeeded", status
     assert status["outputUri"] == f"s3://{BUCKET}/outputs/hello.wav"
@@ -133,31 +118,33 @@ def test_job_succeeds_and_its_audio_is_in_the_bucket(
 
 
 def test_failing_job_reports_the_servers_reason(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor, server: Server
+    kube: Kube, ns: str, run_operator: RunOperator, server: Server
 ) -> None:
-    _ready_endpoint(api, run_operator, wait_for, server.url)
-    api.create("ttsjobs", NAMESPACE, _ttsjob("nobody", voice={"name": "nobody"}, backoffLimit=0))
-    status = wait_for(
-        lambda: _finished(api, "nobody"), timeout=120, message="the job never finished"
+    _ready_endpoint(kube, ns, run_operator, server.url)
+    kube.create("ttsjobs", ns, _ttsjob("nobody", voice={"name": "nobody"}, backoffLimit=0))
+    status = kube.wait_for(
+        lambda: _finished(kube, ns, "nobody"), timeout=120, message="the job never finished"
     )
     assert status["phase"] == "Failed"
     assert "nobody" in status["message"]
 
 
 def test_operator_restart_while_the_job_runs_submits_it_once(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor, server: Server, s3: S3Server
+    kube: Kube, ns: str, run_operator: RunOperator, server: Server, s3: S3Server
 ) -> None:
-    runner = _ready_endpoint(api, run_operator, wait_for, server.url)
+    runner = _ready_endpoint(kube, ns, run_operator, server.url)
     text = " ".join(f"Sentence {i} keeps the endpoint busy for a little while." for i in range(12))
-    api.create("ttsjobs", NAMESPACE, _ttsjob("long", text=text))
+    kube.create("ttsjobs", ns, _ttsjob("long", text=text))
 
     def submitted() -> Any:
-        status = (api.get("ttsjobs", NAMESPACE, "long") or {}).get("status") or {}
+        status = (kube.get("ttsjobs", ns, "long") or {}).get("status") or {}
         return status.get("serverJobId")
 
-    server_id = wait_for(submitted, timeout=60, message="never submitted")
+    server_id = kube.wait_for(submitted, timeout=60, message="never submitted")
     runner.restart()
-    status = wait_for(lambda: _finished(api, "long"), timeout=300, message="the job never finished")
+    status = kube.wait_for(
+        lambda: _finished(kube, ns, "long"), timeout=300, message="the job never finished"
+    )
     assert status["phase"] == "Succeeded", status
     assert status["serverJobId"] == server_id
     assert status["attempts"] == 1
@@ -168,20 +155,24 @@ def test_operator_restart_while_the_job_runs_submits_it_once(
 
 
 def test_job_with_a_reference_clip_speaks_in_that_voice_on_the_endpoint(
-    api: ApiServer, run_operator: RunOperator, wait_for: WaitFor, server: Server, s3: S3Server
+    kube: Kube, ns: str, run_operator: RunOperator, server: Server, s3: S3Server
 ) -> None:
     clip = Path(audio.__file__).parent / "voices" / "default.wav"
     bucket = s3.client(direct=True)
     bucket.put_object(Bucket=BUCKET, Key="clips/narrator.wav", Body=clip.read_bytes())
-    _ready_endpoint(api, run_operator, wait_for, server.url)
+    _ready_endpoint(kube, ns, run_operator, server.url)
     voice = {"refAudio": f"s3://{BUCKET}/clips/narrator.wav", "refText": "A narrator speaks."}
-    api.create("ttsjobs", NAMESPACE, _ttsjob("clip", voice=voice))
+    kube.create("ttsjobs", ns, _ttsjob("clip", voice=voice))
     missing = {**voice, "refAudio": f"s3://{BUCKET}/clips/nobody.wav"}
-    api.create("ttsjobs", NAMESPACE, _ttsjob("no-clip", voice=missing, backoffLimit=0))
-    status = wait_for(lambda: _finished(api, "clip"), timeout=120, message="never finished")
+    kube.create("ttsjobs", ns, _ttsjob("no-clip", voice=missing, backoffLimit=0))
+    status = kube.wait_for(
+        lambda: _finished(kube, ns, "clip"), timeout=120, message="never finished"
+    )
     assert status["phase"] == "Succeeded", status
     data = bucket.get_object(Bucket=BUCKET, Key="outputs/clip.wav")["Body"].read()
     assert len(audio.decode(data)) / 24000 == pytest.approx(status["audioSeconds"], rel=0.05)
-    refused = wait_for(lambda: _finished(api, "no-clip"), timeout=120, message="never finished")
+    refused = kube.wait_for(
+        lambda: _finished(kube, ns, "no-clip"), timeout=120, message="never finished"
+    )
     assert refused["phase"] == "Failed"
     assert "clips/nobody.wav" in refused["message"], refused["message"]

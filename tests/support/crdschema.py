@@ -100,7 +100,7 @@ def _structural_errors(schema: dict[str, Any], obj: dict[str, Any]) -> Iterator[
         if err.validator == "additionalProperties":
             known = set(err.schema.get("properties", {}))
             for name in sorted(set(err.instance) - known):
-                yield f'{_path([*err.absolute_path, name])}: unknown field "{name}"'
+                yield f'unknown field "{_path([*err.absolute_path, name])}"'
         elif err.validator == "required":
             missing = err.message.split("'")[1]
             yield f"{_path([*err.absolute_path, missing])}: Required value"

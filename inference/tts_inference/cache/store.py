@@ -24,7 +24,9 @@ else:
     S3Client = Any
 
 __all__ = [
+    "PERMANENT_EXIT",
     "CacheError",
+    "PermanentCacheError",
     "S3Client",
     "S3Uri",
     "describe",
@@ -52,8 +54,22 @@ FATAL_CODES = {
 }
 
 
+# The exit code of sync and install-flash-attn when no retry can help: the cache
+# Job's podFailurePolicy fails the Job at once on it, rather than trying again.
+PERMANENT_EXIT = 2
+
+
 class CacheError(Exception):
     """A failure a person can act on; the CLI prints it and exits non-zero."""
+
+    #: True when no retry can fix it (denied, missing, bad credentials, a bad manifest).
+    permanent: bool = False
+
+
+class PermanentCacheError(CacheError):
+    """A CacheError no retry can fix: the command exits with PERMANENT_EXIT."""
+
+    permanent = True
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,7 @@ class S3Uri:
     def parse(cls, uri: str) -> S3Uri:
         match = _S3_URI.match(uri)
         if not match:
-            raise CacheError(f"not an s3:// URI: {uri!r} (expected s3://bucket/key)")
+            raise PermanentCacheError(f"not an s3:// URI: {uri!r} (expected s3://bucket/key)")
         return cls(match["bucket"], match["key"] or "")
 
     def join(self, *parts: str) -> S3Uri:
@@ -168,6 +184,7 @@ def download_file(client: S3Client, uri: S3Uri, dest: str) -> int:
     except botocore.exceptions.ClientError as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise CacheError(describe(exc, uri)) from None
+        error = PermanentCacheError if is_fatal(exc) else CacheError
+        raise error(describe(exc, uri)) from None
     os.replace(tmp, dest)
     return os.path.getsize(dest)

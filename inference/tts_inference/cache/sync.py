@@ -38,7 +38,16 @@ from typing import Any, TextIO
 import botocore.exceptions
 import urllib3.exceptions
 
-from tts_inference.cache.store import CacheError, S3Client, S3Uri, describe, is_fatal, make_client
+from tts_inference.cache.store import (
+    PERMANENT_EXIT,
+    CacheError,
+    PermanentCacheError,
+    S3Client,
+    S3Uri,
+    describe,
+    is_fatal,
+    make_client,
+)
 
 MIB = 1024 * 1024
 COMPLETE = ".complete"
@@ -99,9 +108,9 @@ class Manifest:
                     raise ValueError(f"bad size or sha256 for {path!r}")
                 files.append(ManifestFile(path, size, sha))
         except (ValueError, KeyError, TypeError) as exc:
-            raise CacheError(f"{where} is not a valid manifest: {exc}") from None
+            raise PermanentCacheError(f"{where} is not a valid manifest: {exc}") from None
         if len({f.path for f in files}) != len(files):
-            raise CacheError(f"{where} lists a file twice")
+            raise PermanentCacheError(f"{where} lists a file twice")
         return cls(tuple(files), hashlib.sha256(raw).hexdigest(), raw)
 
 
@@ -345,7 +354,7 @@ class Downloader:
                     raise ConnectionError(f"response ended at byte {offset} of {chunk.end}")
             except botocore.exceptions.ClientError as exc:
                 if is_fatal(exc):
-                    raise CacheError(describe(exc, job.uri)) from None
+                    raise PermanentCacheError(describe(exc, job.uri)) from None
                 attempt = self._retry(attempt, exc, job)
             except TRANSIENT as exc:
                 attempt = self._retry(attempt, exc, job)
@@ -490,7 +499,9 @@ def _get_small(client: S3Client, uri: S3Uri, attempts: int = 8) -> bytes:
             finally:
                 body.close()
         except botocore.exceptions.ClientError as exc:
-            if is_fatal(exc) or attempt == attempts:
+            if is_fatal(exc):
+                raise PermanentCacheError(describe(exc, uri)) from None
+            if attempt == attempts:
                 raise CacheError(describe(exc, uri)) from None
         except TRANSIENT as exc:
             if attempt == attempts:
@@ -744,9 +755,10 @@ def run(args: argparse.Namespace) -> int:
         message = f"sync failed: {exc}"
         print(f"error: {message}", file=sys.stderr, flush=True)
         write_termination_log(
-            args.termination_log, json.dumps({"event": "sync-failed", "message": message})
+            args.termination_log,
+            json.dumps({"event": "sync-failed", "message": message, "permanent": exc.permanent}),
         )
-        return 1
+        return PERMANENT_EXIT if exc.permanent else 1
     if args.link is not None:
         link_atomic(args.link, result.path)
     line = json.dumps(result.summary())

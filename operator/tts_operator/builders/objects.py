@@ -268,6 +268,9 @@ def cache_job(endpoint: Obj, config: BuildConfig, *, secret_version: str = "") -
         "spec": {
             "backoffLimit": 4,
             "activeDeadlineSeconds": 6 * 3600,
+            # Access denied, a missing model or a wheel that does not fit fails at once
+            # (exit 2); a network error is tried again.
+            "podFailurePolicy": failure_policy(),
             "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
         },
     }
@@ -489,22 +492,23 @@ def run_job_command(job: Obj) -> list[str]:
     return cmd
 
 
-# run-job's exit code for bad input (no retry can help); 1 is anything else.
-RUN_JOB_PERMANENT_EXIT = 2
+# The exit code of run-job, sync and install-flash-attn when no retry can help (bad
+# input, access denied, a wheel that does not fit); 1 is anything else.
+PERMANENT_EXIT = 2
 
 
-def batch_failure_policy() -> Obj:
-    """Bad input fails the Job at once; an evicted or preempted pod does not count as a try."""
+def failure_policy(container: str | None = None) -> Obj:
+    """A permanent failure fails the Job at once; an evicted or preempted pod does not count.
+
+    ``container`` limits the exit-code rule to one container; None means any of the pod's
+    containers, init containers included.
+    """
+    on_exit: Obj = {"operator": "In", "values": [PERMANENT_EXIT]}
+    if container:
+        on_exit = {"containerName": container, **on_exit}
     return {
         "rules": [
-            {
-                "action": "FailJob",
-                "onExitCodes": {
-                    "containerName": "run-job",
-                    "operator": "In",
-                    "values": [RUN_JOB_PERMANENT_EXIT],
-                },
-            },
+            {"action": "FailJob", "onExitCodes": on_exit},
             {
                 "action": "Ignore",
                 "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
@@ -570,7 +574,7 @@ def batch_job(job: Obj, config: BuildConfig, claim_modes: list[str] | None = Non
             **job_spec,
             # podFailurePolicy needs restartPolicy Never and replacement pods only
             # once the old one has failed (the only value it allows).
-            "podFailurePolicy": batch_failure_policy(),
+            "podFailurePolicy": failure_policy("run-job"),
             "podReplacementPolicy": "Failed",
             "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
         },

@@ -344,7 +344,7 @@ def _run_job_summary(pods: list[Obj]) -> dict[str, Any] | None:
 def _permanent_failure(pods: list[Obj]) -> str | None:
     """What a run-job that gave up on its input (exit code 2) said, if one did."""
     for code, parsed, term in _run_job_terminations(pods):
-        if code == b.RUN_JOB_PERMANENT_EXIT:
+        if code == b.PERMANENT_EXIT:
             text = (term.get("message") or "").strip()
             return str(
                 (parsed or {}).get("message")

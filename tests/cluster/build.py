@@ -1,0 +1,137 @@
+"""Build the test control plane once per machine: ``python -m tests.cluster.build``.
+
+One binary (tests/cluster/kube/main.go) runs as kube-apiserver,
+kube-controller-manager, kube-scheduler, etcd or kwok, by the name it is started
+under. It lands in ``.tools/kube/<key>/`` with one link per name; the key covers
+the pinned versions, go.sum and main.go, so a second run builds nothing and a
+version change builds a new one beside the old.
+
+Prints the folder. ``--print-key`` prints the key only (no build).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = Path(__file__).resolve().parent / "kube"
+TOOLS = ROOT / ".tools" / "kube"
+NAMES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok")
+
+
+def pinned(module: str) -> str:
+    """The version go.mod requires of ``module``."""
+    text = (MODULE / "go.mod").read_text()
+    match = re.search(rf"^\s*{re.escape(module)}\s+(v\S+)", text, re.MULTILINE)
+    if not match:
+        raise SystemExit(f"{module} is not required in {MODULE / 'go.mod'}")
+    return match.group(1)
+
+
+def kubernetes_version() -> str:
+    return pinned("k8s.io/kubernetes")
+
+
+def key() -> str:
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "main.go"):
+        digest.update((MODULE / name).read_bytes())
+    return (
+        f"{kubernetes_version()}-etcd{pinned('go.etcd.io/etcd/server/v3')}"
+        f"-kwok{pinned('sigs.k8s.io/kwok')}-{digest.hexdigest()[:10]}"
+    )
+
+
+def folder() -> Path:
+    return TOOLS / key()
+
+
+def ldflags(version: str) -> str:
+    major, minor = version.lstrip("v").split(".")[:2]
+    stamp = {
+        "gitVersion": version,
+        "gitMajor": major,
+        "gitMinor": minor,
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+    }
+    flags = " ".join(f"-X k8s.io/component-base/version.{k}={v}" for k, v in stamp.items())
+    return f"-s -w {flags}"
+
+
+def build(out: Path) -> float:
+    """Build into ``out`` (written to a temporary folder, then renamed): seconds taken."""
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("go is not installed: the test control plane is built from Go modules")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started = time.monotonic()
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
+    subprocess.run(
+        [
+            go,
+            "build",
+            "-trimpath",
+            "-ldflags",
+            ldflags(kubernetes_version()),
+            "-o",
+            str(tmp / "kube"),
+            ".",
+        ],
+        cwd=MODULE,
+        env=env,
+        check=True,
+    )
+    seconds = time.monotonic() - started
+    for name in NAMES:
+        (tmp / name).symlink_to("kube")
+    (tmp / "build.json").write_text(
+        json.dumps({"key": out.name, "seconds": round(seconds, 1), "go": go_version()}) + "\n"
+    )
+    tmp.rename(out)
+    for old in TOOLS.iterdir():
+        if old != out and old.is_dir():
+            shutil.rmtree(old)  # an earlier version's build: nothing uses it any more
+    return seconds
+
+
+def go_version() -> str:
+    return subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
+
+
+def ensure() -> Path:
+    """The built folder, building it first when this key has none."""
+    out = folder()
+    if not (out / "kube").exists():
+        seconds = build(out)
+        print(f"built the test control plane in {seconds:.0f}s: {out}", file=sys.stderr)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["--print-key"]:
+        print(key())
+        return 0
+    if shutil.which("go") is None and not os.environ.get("CI"):
+        print(
+            "go is not installed: the tests that need the control plane will skip "
+            "(under CI they fail)",
+            file=sys.stderr,
+        )
+        return 0
+    print(ensure())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
