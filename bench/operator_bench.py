@@ -4,14 +4,16 @@ Three parts, measured apart:
 
 - the operator: the real ``tts-operator`` command in a process of its own (Kopf, the
   kubernetes client, its default settings), so its peak RSS (VmHWM) and CPU time are its own;
-- the emulated API server the tests use (tests/support/kube_emulator.py), on a thread of this
-  process: its CPU time is that thread's clock, so the figures show which side is the limit;
+- the test control plane (tests/support/cluster.py: etcd, kube-apiserver, controller-manager,
+  scheduler, kwok): the API server's and etcd's CPU time are their processes' own, and every
+  request the operator makes is counted from the API server's audit log by the operator's
+  user (it runs with a token of the chart's ServiceAccount, under the chart's RBAC);
 - a fast fake endpoint (threads of this process) that accepts every job and calls it
   succeeded on the first status query. It records every POST by its Idempotency-Key (the
   operator sends the TTSJob's uid), so the report says whether each job ran exactly once.
 
-This process plays kubectl and the controllers: it applies the TTSEndpoint, completes its
-cache Job, marks its Deployment available, then creates the TTSJobs back to back and samples
+This process plays kubectl: it applies the TTSEndpoint (Kubernetes' controllers and kwok
+complete its cache Job and make its pod Ready), then creates the TTSJobs back to back and samples
 their phases every 0.5 s until all are Succeeded; then it measures one more reconcile
 interval, with every job finished. The report goes to bench/out/operator.json. Linux only
 (reads /proc).
@@ -42,7 +44,9 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.kube_emulator import ApiRequest, ApiServer, load_manifests  # noqa: E402
+from tests.cluster import build  # noqa: E402
+from tests.operator.conftest import apply_chart_rbac  # noqa: E402
+from tests.support.cluster import ControlPlane, Kube, install_crds, project_crds  # noqa: E402
 
 NS = "bench"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -140,18 +144,25 @@ def machine() -> dict[str, Any]:
     }
 
 
-def verb(request: ApiRequest) -> str:
-    """The Kubernetes verb of a request (get, list, watch, create, patch, update, delete)."""
-    names = {"fetch": "get", "replace": "update"}
-    name = names.get(request.action or "", request.action or request.method.lower())
-    if name == "update" and request.method == "PATCH":
-        name = "patch"
-    return f"{name} {request.subresource}" if request.subresource else name
+def read_audit(path: Path, user: str) -> list[dict[str, Any]]:
+    """The audit events (one per request, at stage ResponseComplete) made by ``user``."""
+    out: list[dict[str, Any]] = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("stage") == "ResponseComplete" and event["user"]["username"] == user:
+            out.append(event)
+    return out
 
 
-def requests_by_verb(requests: list[ApiRequest], jobs: int) -> dict[str, dict[str, float]]:
+def requests_by_verb(events: list[dict[str, Any]], jobs: int) -> dict[str, dict[str, float]]:
     """Requests per job, by resource and verb: ``{"ttsjobs": {"patch": 2.0, ...}, ...}``."""
-    counts = Counter((r.plural or r.path, verb(r)) for r in requests)
+    counts: Counter[tuple[str, str]] = Counter()
+    for event in events:
+        ref = event.get("objectRef") or {}
+        name = event["verb"] + (f" {ref['subresource']}" if ref.get("subresource") else "")
+        counts[(ref.get("resource") or event["requestURI"], name)] += 1
     out: dict[str, dict[str, float]] = {}
     for (plural, name), count in sorted(counts.items()):
         out.setdefault(plural, {})[name] = count / jobs
@@ -175,10 +186,9 @@ def wait(
 
 
 def start_operator(
-    api: ApiServer, fake: FakeEndpoint, tmp: Path, interval: float, log: IO[bytes]
+    kubeconfig: Path, fake: FakeEndpoint, tmp: Path, interval: float, log: IO[bytes]
 ) -> subprocess.Popen[bytes]:
-    """``tts-operator --namespace bench``, as the chart runs it, against the emulator."""
-    kubeconfig = api.write_kubeconfig(tmp / "kubeconfig", namespace=NS)
+    """``tts-operator --namespace bench``, as the chart runs it, with the chart's RBAC."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -199,65 +209,73 @@ def start_operator(
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
 
 
-def prepare_endpoint(api: ApiServer) -> None:
-    """Apply a TTSEndpoint and play the Job and Deployment controllers until it is Ready."""
+def prepare_endpoint(kube: Kube) -> None:
+    """Apply a TTSEndpoint; the cluster's controllers and kwok make it Ready."""
     secret = {"metadata": {"name": "s"}, "stringData": {"AWS_ACCESS_KEY_ID": "k"}}
-    api.create("secrets", NS, secret)
+    kube.create("secrets", NS, secret)
     endpoint = {
         "metadata": {"name": "fast"},
         "spec": {
             "model": {"name": "m", "source": "s3://bench/models/m/v1/"},
             "storage": {"credentialsSecret": {"name": "s"}},
             "replicas": 1,
+            "resources": {"gpus": 0},
         },
     }
-    api.create("ttsendpoints", NS, endpoint)
-    jobs = api.wait_for(lambda: api.objects("jobs", NS), 120, "the cache Job")
-    api.complete_job(NS, jobs[0]["metadata"]["name"])
-
-    def scaled() -> bool:
-        deployment = api.get("deployments", NS, "fast") or {}
-        return bool(deployment.get("spec", {}).get("replicas") == 1)
-
-    api.wait_for(scaled, 120, "the Deployment to scale up")
-    api.mark_deployment_available(NS, "fast")
+    kube.create("ttsendpoints", NS, endpoint)
 
     def ready() -> bool:
-        status = (api.get("ttsendpoints", NS, "fast") or {}).get("status") or {}
+        status = (kube.get("ttsendpoints", NS, "fast") or {}).get("status") or {}
         return status.get("phase") == "Ready"
 
-    api.wait_for(ready, 120, "the TTSEndpoint to be Ready")
+    kube.wait_for(ready, 120, "the TTSEndpoint to be Ready")
 
 
 def run(jobs: int, interval: float, timeout: float) -> dict[str, Any]:
     fake = FakeEndpoint()
-    crds = load_manifests(sorted((ROOT / "crds").glob("*.yaml")))
-    with (
-        ApiServer(crds=crds, namespaces=[NS]) as api,
-        tempfile.TemporaryDirectory() as tmpdir,
-        (Path(tmpdir) / "operator.log").open("wb") as log,
-    ):
-        operator = start_operator(api, fake, Path(tmpdir), interval, log)
+    with tempfile.TemporaryDirectory() as tmpdir, (Path(tmpdir) / "operator.log").open("wb") as log:
+        tmp = Path(tmpdir)
+        plane = ControlPlane(build.ensure(), tmp / "cluster", audit=True)
         try:
-            prepare_endpoint(api)
-            report = measure(api, fake, operator, jobs, interval, timeout)
-        except BaseException:
-            sys.stderr.write((Path(tmpdir) / "operator.log").read_text()[-4000:])
-            raise
-        finally:
-            operator.send_signal(signal.SIGTERM)
+            plane.start()
+            kube = plane.kube()
+            install_crds(kube, project_crds())
+            kube.create("namespaces", None, {"metadata": {"name": NS}})
+            kube.wait_for(lambda: kube.get("serviceaccounts", NS, "default"), 30, "namespace")
+            account = apply_chart_rbac(kube, NS, {"watchNamespaces": [NS]})
+            kubeconfig = kube.as_token(kube.service_account_token(NS, account, 3 * 3600))
+            user = f"system:serviceaccount:{NS}:{account}"
+            operator = start_operator(
+                kubeconfig.write_kubeconfig(tmp / "operator.kubeconfig", NS),
+                fake,
+                tmp,
+                interval,
+                log,
+            )
             try:
-                operator.wait(30)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-                operator.wait()
-        report["operator"]["exit_code_on_sigterm"] = operator.returncode
+                prepare_endpoint(kube)
+                report = measure(plane, kube, user, fake, operator, jobs, interval, timeout)
+            except BaseException:
+                sys.stderr.write((tmp / "operator.log").read_text()[-4000:])
+                raise
+            finally:
+                operator.send_signal(signal.SIGTERM)
+                try:
+                    operator.wait(30)
+                except subprocess.TimeoutExpired:
+                    operator.kill()
+                    operator.wait()
+            report["operator"]["exit_code_on_sigterm"] = operator.returncode
+        finally:
+            plane.stop()
     fake.close()
     return report
 
 
 def measure(
-    api: ApiServer,
+    plane: ControlPlane,
+    kube: Kube,
+    user: str,
     fake: FakeEndpoint,
     operator: subprocess.Popen[bytes],
     jobs: int,
@@ -266,12 +284,12 @@ def measure(
 ) -> dict[str, Any]:
     load_before = os.getloadavg()
     op_before = process_figures(operator.pid)
-    server_cpu_before = api.cpu_seconds()
+    server_before = {name: process_figures(pid)["cpu_s"] for name, pid in plane.pids().items()}
     bench_cpu_before = time.process_time()
-    requests_before = len(api.requests)
+    requests_before = len(read_audit(plane.audit_log, user))
     start = time.monotonic()
     for i in range(jobs):
-        api.create(
+        kube.create(
             "ttsjobs",
             NS,
             {
@@ -286,27 +304,32 @@ def measure(
     created = time.monotonic() - start
 
     def all_succeeded() -> bool:
-        unfinished = api.objects("ttsjobs", NS, fields="status.phase!=Succeeded")
-        return not unfinished
+        phases = [(j.get("status") or {}).get("phase") for j in kube.list("ttsjobs", NS)]
+        return all(phase == "Succeeded" for phase in phases)
 
     wait(f"waiting for {jobs} TTSJobs to succeed", all_succeeded, operator, timeout)
     done = time.monotonic() - start
     op_after = process_figures(operator.pid)
-    server_cpu = api.cpu_seconds() - server_cpu_before
+    server_cpu = {
+        name: process_figures(pid)["cpu_s"] - server_before[name]
+        for name, pid in plane.pids().items()
+    }
     bench_cpu = time.process_time() - bench_cpu_before
-    requests = api.requests[requests_before:]
+    requests = read_audit(plane.audit_log, user)[requests_before:]
 
     # Then one reconcile interval with every job finished: what the operator spends keeping them.
     time.sleep(interval)  # a measuring window, not synchronisation
     op_idle = process_figures(operator.pid)
-    idle_requests = len(api.requests) - requests_before - len(requests)
+    idle_requests = len(read_audit(plane.audit_log, user)) - requests_before - len(requests)
 
-    uids = {job["metadata"]["uid"] for job in api.objects("ttsjobs", NS)}
+    uids = {job["metadata"]["uid"] for job in kube.list("ttsjobs", NS)}
     posts_per_job = Counter(len(fake.posts.get(uid, [])) for uid in uids)
     first_posts = [fake.posts[uid][0] for uid in uids if uid in fake.posts]
     submitted = max(first_posts) - start if len(first_posts) == jobs else None
     repeat_gaps = sorted(times[1] - times[0] for times in fake.posts.values() if len(times) > 1)
-    ttsjob_requests = [r for r in requests if r.plural == "ttsjobs"]
+    ttsjob_requests = [
+        r for r in requests if (r.get("objectRef") or {}).get("resource") == "ttsjobs"
+    ]
     return {
         "machine": machine(),
         "load_average_before": load_before,
@@ -336,10 +359,9 @@ def measure(
             "cpu_seconds_in_one_interval_after": op_idle["cpu_s"] - op_after["cpu_s"],
             "api_requests_in_one_interval_after": idle_requests,
         },
-        "api_server": {
-            "cpu_seconds": server_cpu,
-            "requests": len(requests),
-            "cpu_ms_per_request_or_write": 1000 * server_cpu / max(len(requests) + jobs, 1),
+        "control_plane": {
+            "cpu_seconds": {k: round(v, 2) for k, v in server_cpu.items()},
+            "operator_requests": len(requests),
             "bench_process_cpu_seconds": bench_cpu,
             "bench_process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         },

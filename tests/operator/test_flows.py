@@ -382,3 +382,23 @@ def test_a_deleted_endpoint_no_longer_counts_in_the_resources_gauge(
     kube.wait_for(lambda: counted() == before + 1, message="never counted")
     kube.delete("ttsendpoints", ns, "f5tts")
     kube.wait_for(lambda: counted() == before, message="the deleted TTSEndpoint still counts")
+
+
+def test_scaling_up_adds_pods_and_leaves_the_serving_ones_alone(
+    kube: Kube, ns: str, run_operator: RunOperator
+) -> None:
+    run_operator()
+    setup(kube, ns, replicas=3)
+    kube.wait_for(
+        lambda: status(kube, ns).get("readyReplicas") == 3, timeout=60, message="never 3 ready"
+    )
+    serving = {p["metadata"]["uid"] for p in server_pods(kube, ns)}
+    assert len(serving) == 3
+    kube.patch("ttsendpoints", ns, "f5tts", {"spec": {"replicas": 4}})
+    kube.wait_for(
+        lambda: status(kube, ns).get("readyReplicas") == 4, timeout=60, message="never 4 ready"
+    )
+    pods = server_pods(kube, ns)
+    assert serving <= {p["metadata"]["uid"] for p in pods}, "a serving pod was replaced"
+    assert not any(p["metadata"].get("deletionTimestamp") for p in pods)
+    assert len(kube.list("replicasets", ns)) == 1, "scaling rolled out a new ReplicaSet"

@@ -15,7 +15,7 @@ os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
 from tests.inference.test_server import tiny_model
 from tests.operator.conftest import RunOperator
 from tests.support.cluster import Kube
-from tests.support.s3 import S3Server
+from tests.support.s3 import S3Server, free_port
 from tests.support.server import Server, start_server, stop
 from tts_inference import audio
 from tts_operator import config
@@ -25,6 +25,8 @@ __all__ = ["operator_main", "tiny_model"]
 pytestmark = pytest.mark.slow
 
 BUCKET = "tts-operator-jobs"
+# The server asks for this key; the endpoint names the Secret holding it.
+API_KEY = "endpoint-api-key-5678"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def server(
         f"s3://{BUCKET}/voices/",
         "--allowed-buckets",
         BUCKET,
-        env=s3.env(),
+        env={**s3.env(), "TTS_API_KEY": API_KEY},
     )
     yield srv
     stop(srv)
@@ -59,6 +61,7 @@ def _ready_endpoint(kube: Kube, ns: str, run_operator: RunOperator, url: str) ->
         ns,
         {"metadata": {"name": "bucket"}, "stringData": {"AWS_REGION": "us-east-1"}},
     )
+    kube.create("secrets", ns, {"metadata": {"name": "tts-key"}, "stringData": {"key": API_KEY}})
     kube.create(
         "ttsendpoints",
         ns,
@@ -68,6 +71,7 @@ def _ready_endpoint(kube: Kube, ns: str, run_operator: RunOperator, url: str) ->
                 "model": {"name": "tiny", "source": f"s3://{BUCKET}/models/tiny/v1/"},
                 "storage": {"credentialsSecret": {"name": "bucket"}},
                 "resources": {"gpus": 0},
+                "apiKeySecret": {"name": "tts-key", "key": "key"},
             },
         },
     )
@@ -176,3 +180,44 @@ def test_job_with_a_reference_clip_speaks_in_that_voice_on_the_endpoint(
     )
     assert refused["phase"] == "Failed"
     assert "clips/nobody.wav" in refused["message"], refused["message"]
+
+
+def test_a_job_waits_out_an_endpoint_it_cannot_reach_then_runs_once(
+    kube: Kube, ns: str, run_operator: RunOperator, server: Server, s3: S3Server
+) -> None:
+    """Connection refused (a rollout replacing the pods) is not a failure: the same attempt waits."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    runner = _ready_endpoint(kube, ns, run_operator, closed)
+    kube.create("ttsjobs", ns, _ttsjob("patient"))
+
+    def waiting() -> Any:
+        status = (kube.get("ttsjobs", ns, "patient") or {}).get("status") or {}
+        return status if "did not take the job yet" in status.get("message", "") else None
+
+    status = kube.wait_for(waiting, timeout=60, message="never reported the unreachable endpoint")
+    assert status.get("phase") != "Failed"
+    assert int(status.get("attempts") or 0) == 0
+    runner.stop()
+    settings = config.Settings(namespaces=(ns,), endpoint_url_template=server.url)
+    run_operator(memo=kopf.Memo(settings=settings))
+    done = kube.wait_for(
+        lambda: _finished(kube, ns, "patient"), timeout=120, message="the job never finished"
+    )
+    assert done["phase"] == "Succeeded", done
+    assert done["attempts"] == 1
+
+
+def test_a_job_on_an_endpoint_whose_key_secret_is_missing_waits_and_says_why(
+    kube: Kube, ns: str, run_operator: RunOperator, server: Server
+) -> None:
+    _ready_endpoint(kube, ns, run_operator, server.url)
+    kube.delete("secrets", ns, "tts-key")
+    kube.create("ttsjobs", ns, _ttsjob("keyless"))
+
+    def waiting() -> Any:
+        status = (kube.get("ttsjobs", ns, "keyless") or {}).get("status") or {}
+        return status if "API key" in status.get("message", "") else None
+
+    status = kube.wait_for(waiting, message="never said the key is missing")
+    assert f"Secret {ns}/tts-key" in status["message"]
+    assert status["phase"] == "Pending"

@@ -5,7 +5,7 @@ account signing keys), kube-controller-manager, kube-scheduler and kwok, from
 the binary ``python -m tests.cluster.build`` makes, each waiting for the one
 before to be healthy, and creates kwok's fake nodes:
 
-- ``gpu-a``, ``gpu-b``: 4 ``nvidia.com/gpu`` each, labelled ``nvidia.com/gpu.present=true``
+- ``gpu-a``, ``gpu-b``: 8 ``nvidia.com/gpu`` each, labelled ``nvidia.com/gpu.present=true``
   and tainted ``nvidia.com/gpu:NoSchedule`` (as GPU node pools are);
 - ``gpu-tainted``: GPUs too, but tainted ``dedicated=other:NoSchedule``, which no
   workload of ours tolerates;
@@ -247,6 +247,16 @@ class ControlPlane:
     apiserver_port: int = 0
     pki: dict[str, Path] = field(default_factory=dict)
     startup_seconds: dict[str, float] = field(default_factory=dict)
+    # Write an audit log of every request (one JSON line each, metadata only).
+    audit: bool = False
+
+    @property
+    def audit_log(self) -> Path:
+        return self.folder / "logs" / "audit.log"
+
+    def pids(self) -> dict[str, int]:
+        """Each running component's process id, by name."""
+        return {c.name: c.process.pid for c in self.components if c.process is not None}
 
     @property
     def server(self) -> str:
@@ -306,6 +316,26 @@ class ControlPlane:
         self.startup_seconds["etcd"] = time.monotonic() - t0
 
         self.apiserver_port = free_port()
+        audit_flags: list[str] = []
+        if self.audit:
+            policy = self.folder / "audit-policy.yaml"
+            policy.write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "audit.k8s.io/v1",
+                        "kind": "Policy",
+                        "omitStages": ["RequestReceived"],
+                        "rules": [{"level": "Metadata"}],
+                    }
+                )
+            )
+            self.audit_log.parent.mkdir(parents=True, exist_ok=True)
+            audit_flags = [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-mode=blocking",
+                "--audit-log-maxsize=0",
+            ]
         tokens = self.folder / "tokens.csv"
         tokens.write_text(f'{self.admin_token},admin,admin,"system:masters"\n')
         apiserver = Component(
@@ -333,6 +363,7 @@ class ControlPlane:
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 f"--cert-dir={self.folder / 'pki'}",
+                *audit_flags,
             ],
             logs / "kube-apiserver.log",
         )
@@ -486,9 +517,9 @@ def fake_nodes() -> list[Body]:
 
     gpu = {"nvidia.com/gpu.present": "true"}
     return [
-        node("gpu-a", 4, gpu, [GPU_TAINT]),
-        node("gpu-b", 4, gpu, [GPU_TAINT]),
-        node("gpu-tainted", 4, gpu, [GPU_TAINT, OTHER_TAINT]),
+        node("gpu-a", 8, gpu, [GPU_TAINT]),
+        node("gpu-b", 8, gpu, [GPU_TAINT]),
+        node("gpu-tainted", 8, gpu, [GPU_TAINT, OTHER_TAINT]),
         node("cpu-a", 0, {}, []),
     ]
 

@@ -397,6 +397,21 @@ def test_spec_change_rolls_the_pods_and_nothing_else_does() -> None:
     assert "--nfe-step" in new["spec"]["template"]["spec"]["containers"][0]["command"]
 
 
+def test_scaling_or_growing_the_cache_leaves_the_pod_template_alone() -> None:
+    base = b.deployment(endpoint(replicas=1), CONFIG, cache_ready=True)
+    for ep in (
+        endpoint(replicas=3),
+        endpoint(replicas=4),
+        endpoint(
+            storage={"credentialsSecret": {"name": "b2-credentials"}, "cache": {"size": "80Gi"}}
+        ),
+    ):
+        assert (
+            b.deployment(ep, CONFIG, cache_ready=True)["spec"]["template"]
+            == base["spec"]["template"]
+        )
+
+
 def test_one_cache_job_per_volume_revision_wheel_and_secret_version() -> None:
     ep = endpoint()
     name = b.cache_job_name(ep, "1")

@@ -318,14 +318,14 @@ def deployment(endpoint: Obj, config: BuildConfig, *, cache_ready: bool) -> Obj:
     """The GPU server pods; no replica runs before the cache is ready.
 
     Init containers run install-flash-attn (when enabled) and sync: on a ready
-    cache they finish in about a second and fetch nothing. A hash of the spec
-    and image is annotated on the pod template, so a spec change rolls the pods
-    and nothing else does.
+    cache they finish in about a second and fetch nothing. A hash of the pod
+    template itself is annotated on it, so what changes the pods rolls them and
+    nothing else does: scaling (spec.replicas) or growing the cache claim leaves
+    the serving pods alone.
     """
     spec = endpoint["spec"]
     secret = spec["storage"]["credentialsSecret"]["name"]
     replicas = int(spec.get("replicas", 1)) if cache_ready else 0
-    digest = spec_hash(spec, _image(spec, config))
     selector = server_selector(endpoint)
     init = flash_attn_init(spec, config, secret)
     init.append(_container("sync", sync_command(spec["model"]["source"]), spec, config, secret))
@@ -368,10 +368,12 @@ def deployment(endpoint: Obj, config: BuildConfig, *, cache_ready: bool) -> Obj:
         "volumes": _volumes(cache_claim_name(endpoint)),
         **_placement(spec),
     }
-    modes = access_modes(spec)
-    if int(spec.get("replicas", 1)) > 1 and not shared_by_nodes(modes):
-        # A ReadWriteOnce volume mounts on one node: keep every replica there.
+    if not shared_by_nodes(access_modes(spec)):
+        # A ReadWriteOnce volume mounts on one node: keep every replica there (also with
+        # one replica, so that scaling up does not change the template).
         _same_node(pod_spec, selector)
+    template_labels = dict(metadata(endpoint, server_name(endpoint), c.COMPONENT_SERVER)["labels"])
+    digest = spec_hash(template_labels, pod_spec)
     meta = metadata(
         endpoint, server_name(endpoint), c.COMPONENT_SERVER, {c.ANNOTATION_SPEC_HASH: digest}
     )

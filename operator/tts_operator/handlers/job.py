@@ -8,6 +8,8 @@ job it already has.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,8 +31,30 @@ COMPLETE = "Complete"
 FAILED = "Failed"
 
 
+# Answers that say "not now" rather than "no": a full queue, a pod draining during a
+# rollout, a proxy that lost its upstream. The same attempt is sent again later.
+TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
+
+
 class ServerError(Exception):
     """The endpoint's job API answered something other than what we asked for."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        return self.status in TRANSIENT_STATUSES
+
+
+# What a later pass may get past: a transient answer, or no answer (connection refused or
+# reset, a timeout) while the endpoint's pods are replaced.
+TRANSIENT_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_ERRORS) or (isinstance(exc, ServerError) and exc.transient)
 
 
 @dataclass(frozen=True)
@@ -59,47 +83,85 @@ class ServerJob:
 class JobApi:
     """The endpoint server's /v1/jobs, over HTTP."""
 
-    def __init__(self, timeout: float = 30.0, api_key: str | None = None) -> None:
+    def __init__(self, timeout: float = 30.0) -> None:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    async def submit(self, base: str, body: dict[str, Any], key: str) -> ServerJob:
+    @staticmethod
+    def _headers(api_key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def submit(
+        self, base: str, body: dict[str, Any], key: str, api_key: str | None = None
+    ) -> ServerJob:
+        headers = {**self._headers(api_key), "Idempotency-Key": key}
         async with (
             aiohttp.ClientSession(timeout=self.timeout) as session,
-            session.post(
-                f"{base}/v1/jobs", json=body, headers={**self.headers, "Idempotency-Key": key}
-            ) as resp,
+            session.post(f"{base}/v1/jobs", json=body, headers=headers) as resp,
         ):
-            doc = await resp.json(content_type=None)
+            doc = await _json(resp)
             if resp.status >= 400:
-                raise ServerError(_error_message(doc, resp.status))
+                raise ServerError(_error_message(doc, resp.status), resp.status)
             return ServerJob.parse(doc)
 
-    async def get(self, base: str, job_id: str) -> ServerJob | None:
+    async def get(self, base: str, job_id: str, api_key: str | None = None) -> ServerJob | None:
         async with (
             aiohttp.ClientSession(timeout=self.timeout) as session,
-            session.get(f"{base}/v1/jobs/{job_id}", headers=self.headers) as resp,
+            session.get(f"{base}/v1/jobs/{job_id}", headers=self._headers(api_key)) as resp,
         ):
             if resp.status == 404:
                 return None
-            doc = await resp.json(content_type=None)
+            doc = await _json(resp)
             if resp.status >= 400:
-                raise ServerError(_error_message(doc, resp.status))
+                raise ServerError(_error_message(doc, resp.status), resp.status)
             return ServerJob.parse(doc)
 
-    async def cancel(self, base: str, job_id: str) -> None:
+    async def cancel(self, base: str, job_id: str, api_key: str | None = None) -> None:
         async with (
             aiohttp.ClientSession(timeout=self.timeout) as session,
-            session.delete(f"{base}/v1/jobs/{job_id}", headers=self.headers) as resp,
+            session.delete(f"{base}/v1/jobs/{job_id}", headers=self._headers(api_key)) as resp,
         ):
             if resp.status not in (200, 202, 204, 404, 409):
-                raise ServerError(f"cancel answered {resp.status}")
+                raise ServerError(f"cancel answered {resp.status}", resp.status)
+
+
+async def _json(resp: aiohttp.ClientResponse) -> Any:
+    """The body as JSON, or its text when it is not JSON (a proxy's error page)."""
+    text = await resp.text()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text.strip()[:200]
+
+
+async def api_key(kube: Kube, endpoint: Obj) -> str | None:
+    """The endpoint's API key from its spec.apiKeySecret (read by name), or None without one.
+
+    Raises LookupError naming the Secret and key when either is missing.
+    """
+    ref = endpoint["spec"].get("apiKeySecret")
+    if not ref:
+        return None
+    ns = endpoint["metadata"]["namespace"]
+    key = ref.get("key", "api-key")
+    secret = await kube.get("Secret", ns, ref["name"])
+    if secret is None:
+        raise LookupError(
+            f"Secret {ns}/{ref['name']} (spec.apiKeySecret of the endpoint) not found"
+        )
+    value = (secret.get("data") or {}).get(key)
+    if value is None:
+        raise LookupError(f"Secret {ns}/{ref['name']} has no key {key!r} (spec.apiKeySecret.key)")
+    return base64.b64decode(value).decode().strip()
 
 
 def _error_message(doc: Any, status: int) -> str:
     if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
         return f"{status}: {doc['error'].get('message')}"
     return f"{status}: {doc}"
+
+
+def _what(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def server_body(job: Obj) -> dict[str, Any]:
@@ -199,13 +261,29 @@ async def _on_endpoint(
             now,
         )
         return status
+    try:
+        key = await api_key(kube, endpoint)
+    except LookupError as exc:
+        status["phase"] = c.PHASE_PENDING
+        status["message"] = f"waiting for TTSEndpoint {name}'s API key: {exc}"
+        return status
     attempts = int(status.get("attempts", 0))
     server_id = status.get("serverJobId")
     if not server_id:
         attempts += 1
         try:
-            submitted = await api.submit(url, server_body(job), idempotency_key(job, attempts))
-        except ServerError as exc:  # the server refused the job itself: nothing to retry
+            submitted = await api.submit(
+                url, server_body(job), idempotency_key(job, attempts), api_key=key
+            )
+        except (ServerError, *TRANSIENT_ERRORS) as exc:
+            if is_transient(exc):
+                # Not counted as an attempt: the same attempt (and key) is sent again.
+                status.setdefault("phase", c.PHASE_PENDING)
+                status["message"] = (
+                    f"TTSEndpoint {name} did not take the job yet ({_what(exc)}); trying again"
+                )
+                return status
+            # The server refused the job itself: nothing to retry.
             status["attempts"] = attempts
             return _finish(
                 status, job, now, ok=False, message=f"the endpoint refused the job: {exc}"
@@ -221,7 +299,13 @@ async def _on_endpoint(
             status.get("conditions"), SUBMITTED, True, "Submitted", status["message"], gen, now
         )
         return status
-    remote = await api.get(url, str(server_id))
+    try:
+        remote = await api.get(url, str(server_id), api_key=key)
+    except (ServerError, *TRANSIENT_ERRORS) as exc:
+        if not is_transient(exc):
+            raise
+        status["message"] = f"cannot reach TTSEndpoint {name} ({_what(exc)}); trying again"
+        return status
     if (
         remote is None
     ):  # the server lost it (e.g. replaced before it persisted): the same key resubmits
@@ -366,8 +450,9 @@ async def cancel(api: JobApi, kube: Kube, job: Obj) -> None:
         return
     endpoint = await kube.get("TTSEndpoint", job["metadata"]["namespace"], ref["name"])
     url = (endpoint or {}).get("status", {}).get("url")
-    if url:
+    if endpoint is not None and url:
         try:
-            await api.cancel(url, str(status["serverJobId"]))
-        except (aiohttp.ClientError, ServerError) as exc:
+            key = await api_key(kube, endpoint)
+            await api.cancel(url, str(status["serverJobId"]), api_key=key)
+        except (LookupError, ServerError, *TRANSIENT_ERRORS) as exc:
             log.warning("could not cancel %s on %s: %s", status["serverJobId"], ref["name"], exc)

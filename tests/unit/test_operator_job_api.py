@@ -1,0 +1,114 @@
+"""A TTSJob on an endpoint: what counts as an attempt, and the endpoint's API key."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tts_operator.handlers import job as job_flow
+from tts_operator.handlers.job import ServerError, ServerJob
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+ENDPOINT: dict[str, Any] = {
+    "metadata": {"name": "tiny", "namespace": "ns"},
+    "spec": {"apiKeySecret": {"name": "tts-key"}},
+    "status": {
+        "url": "http://tiny.ns.svc:8000",
+        "conditions": [{"type": "Available", "status": "True"}],
+    },
+}
+TTSJOB: dict[str, Any] = {
+    "metadata": {"name": "hello", "namespace": "ns", "uid": "u-1", "generation": 1},
+    "spec": {"endpointRef": {"name": "tiny"}, "text": "Hi.", "output": {"uri": "s3://b/o.wav"}},
+}
+
+
+class FakeKube:
+    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+        self.objects = objects
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, name))
+
+
+class FakeApi:
+    """Answers each submit with the next outcome: an exception to raise or a job to return."""
+
+    def __init__(self, *outcomes: BaseException | ServerJob) -> None:
+        self.outcomes = list(outcomes)
+        self.calls: list[tuple[str, str | None]] = []
+
+    async def submit(
+        self, base: str, body: dict[str, Any], key: str, api_key: str | None = None
+    ) -> ServerJob:
+        self.calls.append((key, api_key))
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def kube(with_secret: bool = True) -> FakeKube:
+    objects: dict[tuple[str, str], dict[str, Any]] = {("TTSEndpoint", "tiny"): ENDPOINT}
+    if with_secret:
+        data = {"api-key": base64.b64encode(b"s3cret\n").decode()}
+        objects[("Secret", "tts-key")] = {"data": data}
+    return FakeKube(objects)
+
+
+def reconcile(api: FakeApi, k: FakeKube, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    job = {**TTSJOB, "status": status or {}}
+    result = asyncio.run(job_flow.reconcile(k, api, job, None, NOW))  # type: ignore[arg-type]
+    assert result is not None
+    return result
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ServerError("429: the queue is full", 429),
+        ServerError("503: draining", 503),
+        aiohttp.ClientConnectionError("Cannot connect to host tiny.ns.svc:8000"),
+        TimeoutError(),
+    ],
+    ids=["429", "503", "connection-refused", "timeout"],
+)
+def test_a_busy_or_unreachable_endpoint_is_tried_again_with_the_same_attempt(
+    error: BaseException,
+) -> None:
+    api = FakeApi(error, ServerJob(id="j-1", state="queued"))
+    k = kube()
+    first = reconcile(api, k)
+    assert first["phase"] == "Pending"
+    assert "did not take the job yet" in first["message"]
+    assert int(first.get("attempts") or 0) == 0
+    second = reconcile(api, k, first)
+    assert second["phase"] == "Running"
+    assert second["attempts"] == 1
+    assert api.calls[0][0] == api.calls[1][0], "the same idempotency key both times"
+
+
+def test_a_refused_job_fails_at_once() -> None:
+    api = FakeApi(ServerError("400: unknown voice 'nobody'", 400))
+    status = reconcile(api, kube())
+    assert status["phase"] == "Failed"
+    assert "unknown voice 'nobody'" in status["message"]
+
+
+def test_the_endpoints_api_key_is_sent() -> None:
+    api = FakeApi(ServerJob(id="j-1", state="queued"))
+    reconcile(api, kube())
+    assert api.calls[0][1] == "s3cret"
+
+
+def test_a_missing_key_secret_waits_and_names_it() -> None:
+    api = FakeApi()
+    status = reconcile(api, kube(with_secret=False))
+    assert status["phase"] == "Pending"
+    assert "Secret ns/tts-key" in status["message"]
+    assert not api.calls
