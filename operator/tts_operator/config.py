@@ -26,7 +26,15 @@ class Settings:
     log_format: str = "plain"
     # How the operator reaches an endpoint's API; {service}, {namespace} and {port} are filled in.
     endpoint_url_template: str = "http://{service}.{namespace}.svc:{port}"
+    # Which engine scales endpoints with spec.autoscaling: auto (KEDA when its CRDs are
+    # installed, else a HorizontalPodAutoscaler), keda or hpa.
+    autoscaler: str = "auto"
+    # The Prometheus that KEDA's triggers query.
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     extra: Mapping[str, str] = field(default_factory=dict)
+
+
+AUTOSCALERS = ("auto", "keda", "hpa")
 
 
 def _bool(value: str) -> bool:
@@ -86,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="default pull policy of the inference image",
     )
     parser.add_argument(
+        "--autoscaler",
+        choices=AUTOSCALERS,
+        help="what scales endpoints with spec.autoscaling (default auto: KEDA when installed, else an HPA)",
+    )
+    parser.add_argument(
+        "--prometheus-url",
+        help="the Prometheus KEDA's triggers query (env TTS_OPERATOR_PROMETHEUS_URL)",
+    )
+    parser.add_argument(
         "--endpoint-url-template",
         help="how to reach an endpoint's API (default http://{service}.{namespace}.svc:{port})",
     )
@@ -136,8 +153,15 @@ def parse(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
         parser.error(
             f"{ENV_PREFIX}LOG_FORMAT={log_format!r} is not a log format: use one of {', '.join(LOG_FORMATS)}"
         )
+    autoscaler = args.autoscaler or from_env("AUTOSCALER") or defaults.autoscaler
+    if autoscaler not in AUTOSCALERS:
+        parser.error(
+            f"{ENV_PREFIX}AUTOSCALER={autoscaler!r} is not one of {', '.join(AUTOSCALERS)}"
+        )
     return Settings(
         namespaces=namespaces,
+        autoscaler=autoscaler,
+        prometheus_url=args.prometheus_url or from_env("PROMETHEUS_URL") or defaults.prometheus_url,
         all_namespaces=all_ns,
         metrics_port=port(args.metrics_port, "METRICS_PORT", defaults.metrics_port),
         health_port=port(args.health_port, "HEALTH_PORT", defaults.health_port),

@@ -52,6 +52,8 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind("apps/v1", "deployments"),
     "Job": Kind("batch/v1", "jobs"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
+    "HorizontalPodAutoscaler": Kind("autoscaling/v2", "horizontalpodautoscalers"),
+    "ScaledObject": Kind("keda.sh/v1alpha1", "scaledobjects"),
     "ServiceMonitor": Kind("monitoring.coreos.com/v1", "servicemonitors"),
     "TTSEndpoint": Kind("tts.f5tts.dev/v1alpha1", "ttsendpoints"),
     "TTSJob": Kind("tts.f5tts.dev/v1alpha1", "ttsjobs"),
@@ -221,6 +223,16 @@ RBAC_RULES: list[Obj] = [
     {
         "apiGroups": ["policy"],
         "resources": ["poddisruptionbudgets"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["autoscaling"],
+        "resources": ["horizontalpodautoscalers"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["keda.sh"],
+        "resources": ["scaledobjects"],
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {

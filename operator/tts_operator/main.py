@@ -34,7 +34,11 @@ def _settings(memo: kopf.Memo) -> config.Settings:
 
 def _build_config(memo: kopf.Memo) -> BuildConfig:
     s = _settings(memo)
-    return BuildConfig(image=s.inference_image, image_pull_policy=s.image_pull_policy)
+    return BuildConfig(
+        image=s.inference_image,
+        image_pull_policy=s.image_pull_policy,
+        prometheus_url=s.prometheus_url,
+    )
 
 
 @kopf.on.startup()
@@ -66,6 +70,8 @@ def _record(kind: str, ref: str, phase: str | None) -> None:
 def _forget(kind: str, body: kopf.Body) -> None:
     """A deleted resource no longer counts in tts_operator_resources."""
     METRICS.phases.forget(kind, str(body.meta.namespace), str(body.meta.name))
+    if kind == constants.JOB_KIND:
+        METRICS.pending_jobs.set(str(body.meta.namespace), str(body.meta.name), None)
 
 
 def _record_body(kind: str, body: kopf.Body, phase: str | None) -> None:
@@ -75,6 +81,15 @@ def _record_body(kind: str, body: kopf.Body, phase: str | None) -> None:
         _forget(kind, body)
     else:
         _record(kind, f"{body.meta.namespace}/{body.meta.name}", phase)
+    if kind == constants.JOB_KIND:
+        ref = (body.get("spec") or {}).get("endpointRef") or {}
+        waiting = (
+            ref.get("name")
+            if not body.meta.get("deletionTimestamp")
+            and phase not in (constants.PHASE_SUCCEEDED, constants.PHASE_FAILED)
+            else None
+        )
+        METRICS.pending_jobs.set(str(body.meta.namespace), str(body.meta.name), waiting)
 
 
 async def _reconcile_endpoint(
@@ -89,6 +104,7 @@ async def _reconcile_endpoint(
             _build_config(memo),
             _settings(memo).endpoint_url_template,
             datetime.now(UTC),
+            autoscaler_setting=_settings(memo).autoscaler,
         )
     except Exception:
         METRICS.reconciles.labels("TTSEndpoint", "error").inc()

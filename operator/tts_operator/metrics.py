@@ -48,6 +48,34 @@ class ResourcePhases:
             self.gauge.labels(kind, phase).set(counts.get((kind, phase), 0))
 
 
+class PendingJobs:
+    """TTSJobs on an endpoint that have not finished, counted per endpoint (KEDA wakes on it).
+
+    Like ResourcePhases, the gauge is set from the current set of jobs, so a finished or
+    deleted job drops out and an endpoint without jobs reads 0.
+    """
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._jobs: dict[tuple[str, str], str] = {}  # (namespace, job) -> endpoint
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def set(self, namespace: str, job: str, endpoint: str | None) -> None:
+        """``endpoint`` is the endpoint the unfinished job waits on, or None to drop it."""
+        with self._lock:
+            if endpoint:
+                self._jobs[(namespace, job)] = endpoint
+            else:
+                self._jobs.pop((namespace, job), None)
+            counts: dict[tuple[str, str], int] = {}
+            for (ns, _), ep in self._jobs.items():
+                counts[(ns, ep)] = counts.get((ns, ep), 0) + 1
+            self._seen |= set(counts)
+            for ns, ep in self._seen:
+                self.gauge.labels(ns, ep).set(counts.get((ns, ep), 0))
+
+
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.reconciles = Counter(
@@ -70,6 +98,14 @@ class OperatorMetrics:
             registry=registry,
         )
         self.phases = ResourcePhases(self.resources)
+        self.pending_jobs = PendingJobs(
+            Gauge(
+                "tts_operator_endpoint_pending_jobs",
+                "TTSJobs on an endpoint that have not finished (KEDA's wake-up trigger).",
+                ["namespace", "endpoint"],
+                registry=registry,
+            )
+        )
 
 
 METRICS = OperatorMetrics()

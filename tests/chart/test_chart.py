@@ -295,7 +295,18 @@ CLUSTER_SCOPED = {k.plural for k in KINDS.values() if not k.namespaced} | {
 
 def test_namespaced_mode_needs_no_cluster_wide_rights() -> None:
     objs = render(NAMESPACED)
-    assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    # Beyond the watched namespaces: get on two CRDs by name, nothing else.
+    (cluster_role,) = [o for o in objs if o["kind"] == "ClusterRole"]
+    assert cluster_role["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "resourceNames": ["servicemonitors.monitoring.coreos.com", "scaledobjects.keda.sh"],
+            "verbs": ["get"],
+        }
+    ]
+    (cluster_binding,) = [o for o in objs if o["kind"] == "ClusterRoleBinding"]
+    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
     expected = []
     for rule in RBAC_RULES:
         resources = [r for r in rule["resources"] if r not in CLUSTER_SCOPED]

@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE = Path(__file__).resolve().parent / "kube"
 TOOLS = ROOT / ".tools" / "kube"
 NAMES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok")
+# KEDA's own ScaledObject CRD, from its Go module (fetched and checksum-verified by go):
+# the operator's ScaledObjects are validated against it by the test API server.
+KEDA = "v2.21.0"
+KEDA_CRD = "config/crd/bases/keda.sh_scaledobjects.yaml"
 
 
 def pinned(module: str) -> str:
@@ -118,6 +122,28 @@ def ensure() -> Path:
     return out
 
 
+def keda_crd() -> Path:
+    """KEDA's ScaledObject CRD at the pinned version, copied once into .tools/."""
+    out = ROOT / ".tools" / f"keda-{KEDA}" / Path(KEDA_CRD).name
+    if out.exists():
+        return out
+    proc = subprocess.run(
+        ["go", "mod", "download", "-json", f"github.com/kedacore/keda/v2@{KEDA}"],
+        capture_output=True,
+        text=True,
+        cwd=MODULE,
+        env={**os.environ, "GOFLAGS": "-mod=mod"},
+    )
+    info = json.loads(proc.stdout or "{}")
+    if not info.get("Dir"):
+        raise SystemExit(
+            f"go mod download github.com/kedacore/keda/v2@{KEDA} failed: {proc.stderr}"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(info["Dir"]) / KEDA_CRD, out)
+    return out
+
+
 def main(argv: list[str]) -> int:
     if argv[1:] == ["--print-key"]:
         print(key())
@@ -130,6 +156,7 @@ def main(argv: list[str]) -> int:
         )
         return 0
     print(ensure())
+    print(keda_crd())
     return 0
 
 

@@ -402,3 +402,22 @@ def test_scaling_up_adds_pods_and_leaves_the_serving_ones_alone(
     assert serving <= {p["metadata"]["uid"] for p in pods}, "a serving pod was replaced"
     assert not any(p["metadata"].get("deletionTimestamp") for p in pods)
     assert len(kube.list("replicasets", ns)) == 1, "scaling rolled out a new ReplicaSet"
+
+
+def test_children_edited_or_deleted_by_hand_are_brought_back(
+    kube: Kube, ns: str, run_operator: RunOperator
+) -> None:
+    run_operator()
+    setup(kube, ns)
+    kube.wait_for(lambda: kube.get("poddisruptionbudgets", ns, "f5tts"), message="no PDB")
+    kube.patch("services", ns, "f5tts", {"spec": {"ports": [{"name": "http", "port": 9999}]}})
+    kube.delete("poddisruptionbudgets", ns, "f5tts")
+    kube.wait_for(
+        lambda: [p["port"] for p in (kube.get("services", ns, "f5tts") or {})["spec"]["ports"]]
+        == [8000],
+        message="the Service was not restored",
+    )
+    pdb = kube.wait_for(
+        lambda: kube.get("poddisruptionbudgets", ns, "f5tts"), message="no PDB again"
+    )
+    assert pdb["spec"]["maxUnavailable"] == 1

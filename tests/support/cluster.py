@@ -581,6 +581,7 @@ _BUILTIN: dict[str, tuple[str, bool, str]] = {
     "ttsendpoints": ("tts.f5tts.dev/v1alpha1", True, "TTSEndpoint"),
     "ttsjobs": ("tts.f5tts.dev/v1alpha1", True, "TTSJob"),
     "servicemonitors": ("monitoring.coreos.com/v1", True, "ServiceMonitor"),
+    "scaledobjects": ("keda.sh/v1alpha1", True, "ScaledObject"),
 }
 _BY_KIND = {kind: plural for plural, (_, _, kind) in _BUILTIN.items()}
 

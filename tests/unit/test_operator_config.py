@@ -40,6 +40,14 @@ def test_all_namespaces_from_env() -> None:
     assert config.parse([], {"TTS_OPERATOR_ALL_NAMESPACES": "true"}).all_namespaces
 
 
+def test_autoscaler_and_prometheus_from_env_or_flags() -> None:
+    env = {"TTS_OPERATOR_AUTOSCALER": "keda", "TTS_OPERATOR_PROMETHEUS_URL": "http://p:9090"}
+    settings = config.parse(["-A"], env)
+    assert (settings.autoscaler, settings.prometheus_url) == ("keda", "http://p:9090")
+    assert config.parse(["-A", "--autoscaler", "hpa"], env).autoscaler == "hpa"
+    assert config.parse(["-A"], {}).autoscaler == "auto"
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "needle"),
     [
@@ -52,6 +60,8 @@ def test_all_namespaces_from_env() -> None:
             {"TTS_OPERATOR_METRICS_PORT": "http"},
             "TTS_OPERATOR_METRICS_PORT='http' is not a port",
         ),
+        (["-A"], {"TTS_OPERATOR_AUTOSCALER": "vpa"}, "TTS_OPERATOR_AUTOSCALER='vpa' is not one of"),
+        (["-A", "--autoscaler", "vpa"], {}, "invalid choice"),
     ],
 )
 def test_bad_settings_exit_with_a_message(

@@ -107,6 +107,8 @@ TTS_OPERATOR_ENDPOINT_URL_TEMPLATE: {{ . | quote }}
 {{- with .Values.operator.peering }}
 TTS_OPERATOR_PEERING: {{ . | quote }}
 {{- end }}
+TTS_OPERATOR_AUTOSCALER: {{ .Values.autoscaling.engine | quote }}
+TTS_OPERATOR_PROMETHEUS_URL: {{ .Values.autoscaling.prometheusUrl | quote }}
 {{- end }}
 
 {{/*

@@ -24,6 +24,8 @@ class BuildConfig:
 
     image: str = "tts-operator/inference:0.1.0"
     image_pull_policy: str = "IfNotPresent"
+    # Where KEDA's Prometheus triggers read the endpoints' queue depth.
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -435,6 +437,113 @@ def service_monitor(endpoint: Obj) -> Obj:
             "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
         },
     }
+
+
+# --------------------------------------------------------------------------- autoscaling
+
+# The engines that can scale an endpoint on its queue depth.
+AUTOSCALER_HPA = "hpa"
+AUTOSCALER_KEDA = "keda"
+QUEUE_METRIC = "tts_queue_depth"
+PENDING_JOBS_METRIC = "tts_operator_endpoint_pending_jobs"
+DEFAULT_TARGET_QUEUE_DEPTH = 4
+SCALE_DOWN_WINDOW_S = 300
+
+
+def _bounds(spec: Obj) -> tuple[int, int, int]:
+    scaling = spec["autoscaling"]
+    low = int(scaling.get("minReplicas", 1))
+    return (
+        low,
+        int(scaling["maxReplicas"]),
+        int(scaling.get("targetQueueDepth", DEFAULT_TARGET_QUEUE_DEPTH)),
+    )
+
+
+def horizontal_pod_autoscaler(endpoint: Obj) -> Obj:
+    """autoscaling/v2 on the per-pod metric tts_queue_depth (through the custom metrics API).
+
+    A HorizontalPodAutoscaler cannot go below one pod: minReplicas 0 needs KEDA.
+    """
+    low, high, target = _bounds(endpoint["spec"])
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(endpoint, server_name(endpoint), c.COMPONENT_SERVER),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": server_name(endpoint),
+            },
+            "minReplicas": max(low, 1),
+            "maxReplicas": high,
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": QUEUE_METRIC},
+                        "target": {"type": "AverageValue", "averageValue": str(target)},
+                    },
+                }
+            ],
+            # A GPU pod takes minutes to become warm: do not give one back at the first lull.
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S}},
+        },
+    }
+
+
+def scaled_object(endpoint: Obj, config: BuildConfig) -> Obj:
+    """A KEDA ScaledObject: Prometheus triggers on queue depth and on pending TTSJobs.
+
+    With minReplicas 0 the endpoint sleeps when idle; a queued request or a pending
+    TTSJob wakes it (activation at any value above 0).
+    """
+    low, high, target = _bounds(endpoint["spec"])
+    ns, name = endpoint["metadata"]["namespace"], server_name(endpoint)
+    pods = f'namespace="{ns}",pod=~"{name}-[a-z0-9]+-[a-z0-9]+"'
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": metadata(endpoint, name, c.COMPONENT_SERVER),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicaCount": low,
+            "maxReplicaCount": high,
+            "cooldownPeriod": SCALE_DOWN_WINDOW_S,
+            "triggers": [
+                {
+                    "type": "prometheus",
+                    "name": "queue-depth",
+                    "metadata": {
+                        "serverAddress": config.prometheus_url,
+                        "query": f"sum({QUEUE_METRIC}{{{pods}}})",
+                        "threshold": str(target),
+                        "activationThreshold": "0",
+                    },
+                },
+                {
+                    "type": "prometheus",
+                    "name": "pending-jobs",
+                    "metadata": {
+                        "serverAddress": config.prometheus_url,
+                        "query": f'sum({PENDING_JOBS_METRIC}{{namespace="{ns}",endpoint="{name}"}})',
+                        "threshold": str(target),
+                        "activationThreshold": "0",
+                    },
+                },
+            ],
+        },
+    }
+
+
+def autoscaler(endpoint: Obj, config: BuildConfig, engine: str) -> Obj | None:
+    """The endpoint's autoscaler on ``engine`` (hpa or keda), or None without spec.autoscaling."""
+    if not endpoint["spec"].get("autoscaling"):
+        return None
+    if engine == AUTOSCALER_KEDA:
+        return scaled_object(endpoint, config)
+    return horizontal_pod_autoscaler(endpoint)
 
 
 def endpoint_url(endpoint: Obj, template: str) -> str:

@@ -128,6 +128,9 @@ def endpoint_status(
     conds = old.get("conditions", [])
     flash_enabled = bool(spec.get("flashAttn", {}).get("enabled"))
     desired = int(spec.get("replicas", 1))
+    if spec.get("autoscaling") and deployment and cache is not None and cache.state == "succeeded":
+        # The autoscaler owns the count: what it asks for now is what is desired.
+        desired = int((deployment.get("spec") or {}).get("replicas", desired))
     ready = int((deployment or {}).get("status", {}).get("readyReplicas", 0) or 0)
     out: Obj = {"url": url, "observedGeneration": gen, "readyReplicas": ready}
 
@@ -229,8 +232,82 @@ async def _job_pods(kube: Kube, namespace: str, job_name: str) -> list[Obj]:
     return await kube.list("Pod", namespace, f"batch.kubernetes.io/job-name={job_name}")
 
 
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+SCALED_OBJECT_CRD = "scaledobjects.keda.sh"
+# Optional children every cluster serves; ServiceMonitor and ScaledObject when their CRDs are there.
+ALWAYS_SERVED = ("Service", "PodDisruptionBudget", "HorizontalPodAutoscaler")
+
+
+async def autoscaler_engine(kube: Kube, setting: str) -> str:
+    """``hpa`` or ``keda``: the setting, or with ``auto`` KEDA when its CRD is installed."""
+    if setting in (b.AUTOSCALER_HPA, b.AUTOSCALER_KEDA):
+        return setting
+    return b.AUTOSCALER_KEDA if await kube.crd_exists(SCALED_OBJECT_CRD) else b.AUTOSCALER_HPA
+
+
+def deployment_patch(have: Obj, want: Obj, *, autoscaled: bool) -> Obj | None:
+    """Pure: the merge patch that brings the Deployment to ``want``, or None when it is there.
+
+    The replica count is the spec's until the endpoint's autoscaler exists (it is made in
+    the pass that first scales the Deployment up, once the cache is ready); from then on
+    the autoscaler decides it, zero included.
+    """
+    have_hash = have["metadata"].get("annotations", {}).get(c.ANNOTATION_SPEC_HASH)
+    want_hash = want["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
+    spec = dict(want["spec"])
+    have_replicas = int(have["spec"].get("replicas", 1))
+    if autoscaled:
+        del spec["replicas"]
+    if have_hash == want_hash and spec.get("replicas", have_replicas) == have_replicas:
+        return None
+    return {"metadata": {"annotations": want["metadata"]["annotations"]}, "spec": spec}
+
+
+def covers(have: Any, want: Any) -> bool:
+    """Pure: whether ``have`` holds every field of ``want`` (fields the server adds are ignored)."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(covers(have.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(have) == len(want)
+            and all(covers(h, w) for h, w in zip(have, want, strict=True))
+        )
+    return bool(have == want)
+
+
+async def sync_children(kube: Kube, endpoint: Obj, wanted: list[Obj], served: list[str]) -> None:
+    """Create what is missing, update what differs, delete what the endpoint owns and no
+    longer wants (of the ``served`` kinds)."""
+    ns, uid = endpoint["metadata"]["namespace"], endpoint["metadata"]["uid"]
+    keep = {(obj["kind"], obj["metadata"]["name"]) for obj in wanted}
+    for obj in wanted:
+        name = obj["metadata"]["name"]
+        have = await kube.get(obj["kind"], ns, name)
+        if have is None:
+            await kube.create(obj)
+        elif not covers(have, {"metadata": obj["metadata"], "spec": obj["spec"]}):
+            meta = {k: obj["metadata"][k] for k in ("labels", "ownerReferences")}
+            await kube.patch(obj["kind"], ns, name, {"metadata": meta, "spec": obj["spec"]})
+            log.info("updated %s %s/%s to match the endpoint", obj["kind"], ns, name)
+    selector = (
+        f"{c.LABEL_INSTANCE}={endpoint['metadata']['name']},"
+        f"{c.LABEL_KIND}={endpoint['kind'].lower()}"
+    )
+    for kind in served:
+        for have in await kube.list(kind, ns, selector):
+            owners = {ref.get("uid") for ref in have["metadata"].get("ownerReferences") or []}
+            if uid in owners and (kind, have["metadata"]["name"]) not in keep:
+                await kube.delete(kind, ns, have["metadata"]["name"])
+
+
 async def reconcile(
-    kube: Kube, endpoint: Obj, config: b.BuildConfig, url_template: str, now: datetime
+    kube: Kube,
+    endpoint: Obj,
+    config: b.BuildConfig,
+    url_template: str,
+    now: datetime,
+    autoscaler_setting: str = "auto",
 ) -> Obj:
     """Bring the children to the spec; return the status to write."""
     ns = endpoint["metadata"]["namespace"]
@@ -270,30 +347,29 @@ async def reconcile(
                 await kube.delete("Job", ns, old["metadata"]["name"])
 
     cache_ready = cache is not None and cache.state == "succeeded"
+    engine = await autoscaler_engine(kube, autoscaler_setting)
+    scaler = b.autoscaler(endpoint, config, engine) if cache_ready else None
+    scaler_exists = scaler is not None and (
+        await kube.get(scaler["kind"], ns, scaler["metadata"]["name"]) is not None
+    )
     want = b.deployment(endpoint, config, cache_ready=cache_ready)
     deployment = await kube.get("Deployment", ns, want["metadata"]["name"])
     if deployment is None:
         deployment = await kube.create(want)
     else:
-        have_hash = deployment["metadata"].get("annotations", {}).get(c.ANNOTATION_SPEC_HASH)
-        want_hash = want["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
-        if have_hash != want_hash or deployment["spec"].get("replicas") != want["spec"]["replicas"]:
-            deployment = await kube.patch(
-                "Deployment",
-                ns,
-                want["metadata"]["name"],
-                {
-                    "metadata": {"annotations": want["metadata"]["annotations"]},
-                    "spec": want["spec"],
-                },
-            )
-    for child in (b.service(endpoint), b.pod_disruption_budget(endpoint)):
-        if await kube.get(child["kind"], ns, child["metadata"]["name"]) is None:
-            await kube.create(child)
-    if await kube.crd_exists("servicemonitors.monitoring.coreos.com"):
-        monitor = b.service_monitor(endpoint)
-        if await kube.get("ServiceMonitor", ns, monitor["metadata"]["name"]) is None:
-            await kube.create(monitor)
+        patch = deployment_patch(deployment, want, autoscaled=scaler_exists)
+        if patch is not None:
+            deployment = await kube.patch("Deployment", ns, want["metadata"]["name"], patch)
+    children = [b.service(endpoint), b.pod_disruption_budget(endpoint)]
+    served = list(ALWAYS_SERVED)
+    if await kube.crd_exists(SERVICE_MONITOR_CRD):
+        served.append("ServiceMonitor")
+        children.append(b.service_monitor(endpoint))
+    if engine == b.AUTOSCALER_KEDA:
+        served.append("ScaledObject")
+    if scaler is not None:
+        children.append(scaler)
+    await sync_children(kube, endpoint, children, served)
 
     if secret is None and (cache is None or cache.state != "succeeded"):
         cache = JobState(

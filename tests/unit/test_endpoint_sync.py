@@ -1,0 +1,41 @@
+"""The pure parts of syncing an endpoint's children."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tts_operator import constants as c
+from tts_operator.handlers.endpoint import covers, deployment_patch
+
+
+def test_covers_ignores_what_the_server_adds_and_sees_what_differs() -> None:
+    want = {"spec": {"ports": [{"name": "http", "port": 8000}], "type": "ClusterIP"}}
+    have = {
+        "spec": {
+            "ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
+            "type": "ClusterIP",
+            "clusterIP": "10.96.0.10",
+        }
+    }
+    assert covers(have, want)
+    assert not covers({"spec": {**have["spec"], "ports": [{"name": "http", "port": 9}]}}, want)
+    assert not covers({"spec": {"ports": [], "type": "ClusterIP"}}, want)
+    assert not covers({}, want)
+
+
+def deployment(replicas: int, digest: str = "a") -> dict[str, Any]:
+    return {
+        "metadata": {"annotations": {c.ANNOTATION_SPEC_HASH: digest}},
+        "spec": {"replicas": replicas, "template": {}},
+    }
+
+
+def test_the_spec_sets_replicas_until_an_autoscaler_owns_them() -> None:
+    assert deployment_patch(deployment(0), deployment(2), autoscaled=False) is not None
+    assert deployment_patch(deployment(2), deployment(2), autoscaled=False) is None
+    # The autoscaler's count stands, zero included; a template change still rolls out.
+    assert deployment_patch(deployment(0), deployment(2), autoscaled=True) is None
+    assert deployment_patch(deployment(5), deployment(2), autoscaled=True) is None
+    patch = deployment_patch(deployment(5), deployment(2, "b"), autoscaled=True)
+    assert patch is not None
+    assert "replicas" not in patch["spec"]
