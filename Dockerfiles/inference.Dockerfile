@@ -60,7 +60,7 @@ RUN /opt/venv/bin/python -c "import tts_inference.cli, tts_inference.cache.sync,
 
 FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
 LABEL org.opencontainers.image.title="tts-operator inference" \
-      org.opencontainers.image.description="F5-TTS server, cache sync and flash_attn installer (tts-inference)" \
+      org.opencontainers.image.description="F5-TTS server, cache sync and flash_attn installer (tts-inference). Holds no model weights; F5-TTS's published weights (F5TTS_v1_Base) are CC-BY-NC-4.0: non-commercial use only." \
       org.opencontainers.image.licenses="Apache-2.0"
 # FFmpeg's shared libraries: torchcodec (audio loading) and the mp3/opus/aac encoders.
 RUN apt-get update \

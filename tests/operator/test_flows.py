@@ -175,6 +175,7 @@ def test_examples_reach_ready_on_gpu_nodes_only_and_roll_out_and_clean_up(
     conds = {item["type"]: item for item in st["conditions"]}
     assert {t: item["status"] for t, item in conds.items()} == {
         "Available": "True",
+        "CacheClaimSized": "True",
         "CacheReady": "True",
         "FlashAttnReady": "True",
     }
@@ -421,3 +422,33 @@ def test_children_edited_or_deleted_by_hand_are_brought_back(
         lambda: kube.get("poddisruptionbudgets", ns, "f5tts"), message="no PDB again"
     )
     assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_the_cache_claim_grows_by_patch_and_a_shrink_is_a_condition_not_a_crash(
+    kube: Kube, ns: str, run_operator: RunOperator
+) -> None:
+    run_operator()
+    setup(kube, ns)
+    kube.wait_for(
+        lambda: status(kube, ns).get("phase") == "Ready", timeout=60, message="never Ready"
+    )
+
+    def requested() -> str:
+        pvc = kube.get("persistentvolumeclaims", ns, "f5tts-cache") or {}
+        return str(pvc["spec"]["resources"]["requests"]["storage"])
+
+    assert requested() == "20Gi"
+    cache = {"credentialsSecret": {"name": "b2-credentials"}, "cache": {"size": "40Gi"}}
+    kube.patch("ttsendpoints", ns, "f5tts", {"spec": {"storage": cache}})
+    kube.wait_for(lambda: requested() == "40Gi", message="the claim never grew")
+
+    cache["cache"]["size"] = "10Gi"
+    kube.patch("ttsendpoints", ns, "f5tts", {"spec": {"storage": cache}})
+    refused = kube.wait_for(
+        lambda: (cd := cond(kube, ns, c.CACHE_CLAIM_SIZED)).get("status") == "False" and cd,
+        message="the shrink was never reported",
+    )
+    assert refused["reason"] == c.REASON_CLAIM_SHRINK_REFUSED
+    assert "cannot shrink" in refused["message"]
+    assert requested() == "40Gi"
+    assert status(kube, ns)["phase"] == "Ready", "the endpoint keeps serving"

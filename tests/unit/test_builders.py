@@ -483,3 +483,22 @@ def test_a_cpu_endpoint_may_run_int8() -> None:
         build_parser("serve").parse_args(_containers(default)["server"]["command"][1:]).dtype
         == "auto"
     )
+
+
+def test_the_rollout_strategy_fits_the_claims_access_mode() -> None:
+    rwo = b.deployment(endpoint(replicas=2), CONFIG, cache_ready=True)["spec"]["strategy"]
+    # One node holds every pod: replace one at a time, never ask for a GPU beyond the endpoint's.
+    assert rwo["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    rwx = b.deployment(
+        endpoint(
+            replicas=2,
+            storage={
+                "credentialsSecret": {"name": "b2"},
+                "cache": {"accessModes": ["ReadWriteMany"]},
+            },
+        ),
+        CONFIG,
+        cache_ready=True,
+    )["spec"]["strategy"]
+    # Any node can mount it: a surge pod first, so no request goes unserved.
+    assert rwx["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}

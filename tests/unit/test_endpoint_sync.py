@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tts_operator import constants as c
-from tts_operator.handlers.endpoint import covers, deployment_patch
+from tts_operator.builders.meta import parse_quantity
+from tts_operator.handlers.endpoint import claim_resize, covers, deployment_patch
 
 
 def test_covers_ignores_what_the_server_adds_and_sees_what_differs() -> None:
@@ -39,3 +40,13 @@ def test_the_spec_sets_replicas_until_an_autoscaler_owns_them() -> None:
     patch = deployment_patch(deployment(5), deployment(2, "b"), autoscaled=True)
     assert patch is not None
     assert "replicas" not in patch["spec"]
+
+
+def test_claim_sizes_compare_as_quantities() -> None:
+    assert claim_resize("20Gi", "20Gi") is None
+    assert claim_resize("21474836480", "20Gi") is None
+    assert claim_resize("40Gi", "20Gi") == "grow"
+    assert claim_resize("10Gi", "20Gi") == "shrink"
+    assert claim_resize("1Ti", "1000G") == "grow"
+    assert parse_quantity("1.5Gi") == 1.5 * 2**30
+    assert parse_quantity("500M") == 500e6

@@ -386,10 +386,7 @@ def deployment(endpoint: Obj, config: BuildConfig, *, cache_ready: bool) -> Obj:
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
+            "strategy": rollout_strategy(access_modes(spec)),
             "template": {
                 "metadata": {
                     "labels": dict(meta["labels"]),
@@ -399,6 +396,20 @@ def deployment(endpoint: Obj, config: BuildConfig, *, cache_ready: bool) -> Obj:
             },
         },
     }
+
+
+def rollout_strategy(modes: list[str]) -> Obj:
+    """How the server pods roll, by what the cache claim allows.
+
+    A claim that mounts on several nodes (ReadWriteMany, ReadOnlyMany) rolls with a
+    surge pod first: no request goes unserved, given one spare GPU anywhere. A
+    ReadWriteOnce claim keeps every pod on one node, where a surge pod would need a
+    spare GPU on that node (and on another node meets Multi-Attach): it replaces one
+    pod at a time instead, with no GPU beyond the endpoint's own.
+    """
+    if shared_by_nodes(modes):
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
 
 
 def service(endpoint: Obj) -> Obj:

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from tts_operator import constants as c
 from tts_operator import status as st
 from tts_operator.builders import objects as b
-from tts_operator.builders.meta import Obj
+from tts_operator.builders.meta import Obj, parse_quantity
 from tts_operator.kube import Kube
 
 log = logging.getLogger("tts_operator.endpoint")
@@ -120,7 +122,12 @@ def last_line(text: str) -> str:
 
 
 def endpoint_status(
-    endpoint: Obj, cache: JobState | None, deployment: Obj | None, url: str, now: datetime
+    endpoint: Obj,
+    cache: JobState | None,
+    deployment: Obj | None,
+    url: str,
+    now: datetime,
+    claim: ClaimSize | None = None,
 ) -> Obj:
     """Pure: the status a TTSEndpoint should have, given what its children report."""
     spec, old = endpoint["spec"], endpoint.get("status", {}) or {}
@@ -212,6 +219,10 @@ def endpoint_status(
     else:
         available = (False, c.REASON_REPLICAS_NOT_READY, f"0/{desired} replicas ready")
     conds = st.set_condition(conds, c.AVAILABLE, available[0], available[1], available[2], gen, now)
+    if claim is not None:
+        conds = st.set_condition(
+            conds, c.CACHE_CLAIM_SIZED, claim.ok, claim.reason, claim.message, gen, now
+        )
 
     if cache is not None and cache.state == "failed":
         phase = c.PHASE_FAILED
@@ -230,6 +241,86 @@ def endpoint_status(
 
 async def _job_pods(kube: Kube, namespace: str, job_name: str) -> list[Obj]:
     return await kube.list("Pod", namespace, f"batch.kubernetes.io/job-name={job_name}")
+
+
+@dataclass(frozen=True)
+class ClaimSize:
+    """Whether the cache claim has the size the spec asks for (the CacheClaimSized condition)."""
+
+    ok: bool
+    reason: str
+    message: str
+
+
+def claim_resize(want: str, have: str) -> str | None:
+    """Pure: "grow", "shrink" or None (same size) for a claim of ``have`` asked to be ``want``."""
+    wanted, current = parse_quantity(want), parse_quantity(have)
+    if wanted == current:
+        return None
+    return "grow" if wanted > current else "shrink"
+
+
+async def sync_claim(kube: Kube, endpoint: Obj) -> ClaimSize:
+    """Create the cache claim, or grow it by patch; a shrink is refused with a condition.
+
+    Kubernetes never shrinks a PersistentVolumeClaim, and grows one only where its
+    storage class allows expansion: both end as a False condition that says so, while
+    the endpoint keeps serving from the claim it has.
+    """
+    pvc = b.cache_pvc(endpoint)
+    if pvc is None:
+        name = endpoint["spec"]["storage"]["cache"]["existingClaim"]
+        return ClaimSize(
+            True, c.REASON_CLAIM_EXISTING, f"the endpoint uses the existing claim {name}"
+        )
+    ns, name = pvc["metadata"]["namespace"], pvc["metadata"]["name"]
+    want = pvc["spec"]["resources"]["requests"]["storage"]
+    existing = await kube.get("PersistentVolumeClaim", ns, name)
+    if existing is None:
+        await kube.create(pvc)
+        return ClaimSize(True, c.REASON_CLAIM_SIZE_MATCHES, f"claim {name} requests {want}")
+    have = existing.get("spec", {}).get("resources", {}).get("requests", {}).get("storage", want)
+    change = claim_resize(want, have)
+    if change == "shrink":
+        return ClaimSize(
+            False,
+            c.REASON_CLAIM_SHRINK_REFUSED,
+            f"spec.storage.cache.size {want} is below claim {name}'s {have}, and a "
+            f"PersistentVolumeClaim cannot shrink: set it back to {have} or more, or delete "
+            "the endpoint to start with a new claim",
+        )
+    if change == "grow":
+        try:
+            await kube.patch(
+                "PersistentVolumeClaim",
+                ns,
+                name,
+                {"spec": {"resources": {"requests": {"storage": want}}}},
+            )
+        except ApiException as exc:
+            if exc.status not in (403, 422):
+                raise
+            return ClaimSize(
+                False,
+                c.REASON_CLAIM_EXPANSION_REFUSED,
+                f"claim {name} cannot grow from {have} to {want}: {api_message(exc)}",
+            )
+        return ClaimSize(
+            True, c.REASON_CLAIM_EXPANDING, f"claim {name} asked to grow from {have} to {want}"
+        )
+    capacity = (existing.get("status") or {}).get("capacity", {}).get("storage")
+    if capacity and claim_resize(want, capacity) == "grow":
+        return ClaimSize(
+            True, c.REASON_CLAIM_EXPANDING, f"claim {name} is growing from {capacity} to {want}"
+        )
+    return ClaimSize(True, c.REASON_CLAIM_SIZE_MATCHES, f"claim {name} requests {want}")
+
+
+def api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return str(exc.reason)
 
 
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
@@ -315,23 +406,7 @@ async def reconcile(
     secret = await kube.get("Secret", ns, secret_name)
     secret_version = (secret or {}).get("metadata", {}).get("resourceVersion", "missing")
 
-    pvc = b.cache_pvc(endpoint)
-    if pvc is not None:
-        existing_pvc = await kube.get("PersistentVolumeClaim", ns, pvc["metadata"]["name"])
-        if existing_pvc is None:
-            await kube.create(pvc)
-        else:
-            want = pvc["spec"]["resources"]["requests"]["storage"]
-            have = (
-                existing_pvc.get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
-            )
-            if have != want:
-                await kube.patch(
-                    "PersistentVolumeClaim",
-                    ns,
-                    pvc["metadata"]["name"],
-                    {"spec": {"resources": {"requests": {"storage": want}}}},
-                )
+    claim = await sync_claim(kube, endpoint)
 
     job = b.cache_job(endpoint, config, secret_version=secret_version)
     job_name = job["metadata"]["name"]
@@ -375,4 +450,6 @@ async def reconcile(
         cache = JobState(
             "failed", f"Secret {ns}/{secret_name} (spec.storage.credentialsSecret) not found"
         )
-    return endpoint_status(endpoint, cache, deployment, b.endpoint_url(endpoint, url_template), now)
+    return endpoint_status(
+        endpoint, cache, deployment, b.endpoint_url(endpoint, url_template), now, claim
+    )
