@@ -452,3 +452,33 @@ def test_the_cache_claim_grows_by_patch_and_a_shrink_is_a_condition_not_a_crash(
     assert "cannot shrink" in refused["message"]
     assert requested() == "40Gi"
     assert status(kube, ns)["phase"] == "Ready", "the endpoint keeps serving"
+
+
+def test_an_unfinished_cache_job_is_replaced_when_its_template_changes(
+    kube: Kube, ns: str, run_operator: RunOperator
+) -> None:
+    run_operator()
+    held = {"nvidia.com/gpu.present": "true", HOLD_LABEL: "true"}
+    setup(kube, ns, nodeSelector=held)
+    old = one_cache_job(kube, ns)
+    held_pod(kube, ns, old)
+    kube.patch(
+        "ttsendpoints",
+        ns,
+        "f5tts",
+        {"spec": {"nodeSelector": {**held, "kubernetes.io/os": "linux"}}},
+    )
+
+    def replaced() -> Obj | None:
+        for job in cache_jobs(kube, ns):
+            selector = job["spec"]["template"]["spec"].get("nodeSelector", {})
+            if job["metadata"]["uid"] != old["metadata"]["uid"] and "kubernetes.io/os" in selector:
+                return job
+        return None
+
+    new = kube.wait_for(replaced, timeout=60, message="the cache Job was never replaced")
+    assert new["metadata"]["name"] == old["metadata"]["name"], "same model, same cache key"
+    finish_pod(kube, ns, held_pod(kube, ns, new), 0, json.dumps(SUMMARY))
+    kube.wait_for(
+        lambda: status(kube, ns).get("phase") == "Ready", timeout=60, message="never Ready"
+    )

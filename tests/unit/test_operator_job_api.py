@@ -39,9 +39,15 @@ class FakeKube:
 class FakeApi:
     """Answers each submit with the next outcome: an exception to raise or a job to return."""
 
-    def __init__(self, *outcomes: BaseException | ServerJob) -> None:
+    def __init__(
+        self, *outcomes: BaseException | ServerJob, remote: ServerJob | None = None
+    ) -> None:
         self.outcomes = list(outcomes)
         self.calls: list[tuple[str, str | None]] = []
+        self.remote = remote
+
+    async def get(self, base: str, job_id: str, api_key: str | None = None) -> ServerJob | None:
+        return self.remote
 
     async def submit(
         self, base: str, body: dict[str, Any], key: str, api_key: str | None = None
@@ -112,3 +118,35 @@ def test_a_missing_key_secret_waits_and_names_it() -> None:
     assert status["phase"] == "Pending"
     assert "Secret ns/tts-key" in status["message"]
     assert not api.calls
+
+
+def running(attempts: int = 1) -> dict[str, Any]:
+    return {"phase": "Running", "serverJobId": "j-1", "attempts": attempts}
+
+
+def test_a_job_cancelled_on_the_endpoint_fails_without_a_retry() -> None:
+    remote = ServerJob(id="j-1", state="failed", error="cancelled: DELETE", cancelled=True)
+    status = reconcile(FakeApi(remote=remote), kube(), running())
+    assert status["phase"] == "Failed"
+    assert "cancelled on TTSEndpoint tiny" in status["message"]
+
+
+def test_an_interrupted_job_is_resubmitted_as_the_same_attempt() -> None:
+    remote = ServerJob(id="j-1", state="failed", error="interrupted", retryable=True)
+    api = FakeApi(ServerJob(id="j-1", state="running"), remote=remote)
+    status = reconcile(api, kube(), running())
+    assert status["phase"] == "Running"
+    assert status["serverJobId"] is None
+    again = reconcile(api, kube(), status)
+    assert again["attempts"] == 1
+    assert api.calls[0][0] == "u-1", "the first attempt's key"
+
+
+def test_a_failed_job_is_retried_with_a_new_attempt_until_the_limit() -> None:
+    remote = ServerJob(id="j-1", state="failed", error="RuntimeError: boom")
+    status = reconcile(FakeApi(remote=remote), kube(), running())
+    assert "retrying" in status["message"]
+    assert status["serverJobId"] is None
+    final = reconcile(FakeApi(remote=remote), kube(), running(attempts=3))
+    assert final["phase"] == "Failed"
+    assert "failed after 3 attempt(s)" in final["message"]

@@ -263,6 +263,10 @@ def cache_job(endpoint: Obj, config: BuildConfig, *, secret_version: str = "") -
     if not init:
         del pod_spec["initContainers"]
     meta = metadata(endpoint, cache_job_name(endpoint, secret_version), c.COMPONENT_CACHE)
+    template = {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec}
+    # A Job's template cannot change: a different one (placement, image, resources)
+    # replaces an unfinished Job; the hash says which template a Job was made from.
+    meta["annotations"] = {c.ANNOTATION_SPEC_HASH: spec_hash(template)}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -273,7 +277,7 @@ def cache_job(endpoint: Obj, config: BuildConfig, *, secret_version: str = "") -
             # Access denied, a missing model or a wheel that does not fit fails at once
             # (exit 2); a network error is tried again.
             "podFailurePolicy": failure_policy(),
-            "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
+            "template": template,
         },
     }
 

@@ -252,6 +252,12 @@ class ClaimSize:
     message: str
 
 
+def template_changed(have: Obj, want: Obj) -> bool:
+    """Pure: whether a Job was made from another template than ``want`` (unknown: no)."""
+    had = (have["metadata"].get("annotations") or {}).get(c.ANNOTATION_SPEC_HASH)
+    return had is not None and had != want["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
+
+
 def claim_resize(want: str, have: str) -> str | None:
     """Pure: "grow", "shrink" or None (same size) for a claim of ``have`` asked to be ``want``."""
     wanted, current = parse_quantity(want), parse_quantity(have)
@@ -414,6 +420,10 @@ async def reconcile(
     if current is None:
         current = await kube.create(job)
     cache = job_state(current, await _job_pods(kube, ns, job_name))
+    if cache is not None and cache.state == "running" and template_changed(current, job):
+        # Its template cannot be patched: replace it (the next pass makes the new one).
+        await kube.delete("Job", ns, job_name)
+        cache = JobState("running", "the cache Job is being replaced: its template changed")
     if cache is not None and cache.state == "succeeded":
         # Older cache Jobs of this endpoint (other revision, secret or wheel) are done with.
         selector = f"{c.LABEL_INSTANCE}={endpoint['metadata']['name']},{c.LABEL_COMPONENT}={c.COMPONENT_CACHE},{c.LABEL_KIND}=ttsendpoint"

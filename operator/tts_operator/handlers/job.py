@@ -66,6 +66,10 @@ class ServerJob:
     rtf: float | None = None
     error: str | None = None
     progress: float | None = None
+    # A job stopped by DELETE /v1/jobs/{id}: failed, and not to be run again.
+    cancelled: bool = False
+    # A job interrupted (its server stopped): the same key runs it again.
+    retryable: bool = False
 
     @classmethod
     def parse(cls, doc: dict[str, Any]) -> ServerJob:
@@ -77,6 +81,8 @@ class ServerJob:
             rtf=doc.get("rtf"),
             error=doc.get("error"),
             progress=doc.get("progress"),
+            cancelled=bool(doc.get("cancelled")),
+            retryable=bool(doc.get("retryable")),
         )
 
 
@@ -318,7 +324,17 @@ async def _on_endpoint(
             outputUri=remote.output_uri, audioSeconds=remote.audio_seconds, rtf=remote.rtf
         )
         return _finish(status, job, now, ok=True, message=f"audio written to {remote.output_uri}")
-    if remote.state in ("failed", "cancelled"):
+    if remote.state == "failed" and remote.cancelled:
+        return _finish(
+            status, job, now, ok=False, message=f"cancelled on TTSEndpoint {name}: {remote.error}"
+        )
+    if remote.state == "failed" and remote.retryable:
+        # Interrupted (its server pod stopped): the same attempt and key run it again.
+        status["serverJobId"] = None
+        status["attempts"] = max(attempts - 1, 0)
+        status["message"] = f"job {server_id} was interrupted on {name}; resubmitting"
+        return status
+    if remote.state == "failed":
         limit = int(job["spec"].get("backoffLimit", 2))
         if attempts <= limit:
             status["serverJobId"] = None
