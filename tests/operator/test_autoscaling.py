@@ -145,3 +145,34 @@ def test_keda_scaled_object_matches_kedas_schema_and_can_scale_to_zero(
         ),
         message="scaled to zero is not reported as such",
     )
+
+    # A TTSJob for the sleeping endpoint waits, says why, and counts in the metric KEDA
+    # wakes on; once the autoscaler scales up, the job goes to the endpoint.
+    kube.create(
+        "ttsjobs",
+        ns,
+        {
+            "metadata": {"name": "wake-up"},
+            "spec": {
+                "endpointRef": {"name": "f5tts"},
+                "text": "Wake up.",
+                "output": {"uri": "s3://my-tts-bucket/outputs/wake-up.wav"},
+            },
+        },
+    )
+
+    def job_message() -> str:
+        return str(
+            ((kube.get("ttsjobs", ns, "wake-up") or {}).get("status") or {}).get("message", "")
+        )
+
+    kube.wait_for(lambda: "scaled to zero by its autoscaler" in job_message(), message="no reason")
+    assert (kube.get("ttsjobs", ns, "wake-up") or {})["status"]["phase"] == "Pending"
+    labels = {"namespace": ns, "endpoint": "f5tts"}
+    assert REGISTRY.get_sample_value("tts_operator_endpoint_pending_jobs", labels) == 1
+    kube.patch("deployments", ns, "f5tts", {"spec": {"replicas": 1}})  # what KEDA does
+    kube.wait_for(
+        lambda: "did not take the job yet" in job_message() or "submitted" in job_message(),
+        timeout=60,
+        message="the job never went to the woken endpoint",
+    )

@@ -139,7 +139,8 @@ def endpoint_status(
         # The autoscaler owns the count: what it asks for now is what is desired.
         desired = int((deployment.get("spec") or {}).get("replicas", desired))
     ready = int((deployment or {}).get("status", {}).get("readyReplicas", 0) or 0)
-    out: Obj = {"url": url, "observedGeneration": gen, "readyReplicas": ready}
+    asked = int((deployment or {}).get("spec", {}).get("replicas", 0) or 0)
+    out: Obj = {"url": url, "observedGeneration": gen, "replicas": asked, "readyReplicas": ready}
 
     if cache is None or cache.state == "running":
         message = (
@@ -209,11 +210,13 @@ def endpoint_status(
     if not cache_ready:
         available = (False, c.REASON_WAITING_FOR_CACHE, "no server runs until the cache is ready")
     elif desired == 0:
-        available = (
-            False,
-            c.REASON_SCALED_TO_ZERO,
-            "spec.replicas is 0: the cache stays warm, no server runs",
+        why = (
+            "scaled to zero by its autoscaler: a queued request or a pending TTSJob wakes it, "
+            "and a pod is ready in seconds from the warm cache"
+            if spec.get("autoscaling")
+            else "spec.replicas is 0: the cache stays warm, no server runs"
         )
+        available = (False, c.REASON_SCALED_TO_ZERO, why)
     elif ready >= 1:
         available = (True, c.REASON_REPLICAS_READY, f"{ready}/{desired} replicas ready")
     else:
