@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +15,9 @@ import kopf
 from prometheus_client import start_http_server
 
 from tts_operator import config, constants
+from tts_operator.builders.meta import Obj
 from tts_operator.builders.objects import BuildConfig
+from tts_operator.endpoint_api import JobApi
 from tts_operator.handlers import endpoint as endpoint_flow
 from tts_operator.handlers import job as job_flow
 from tts_operator.kube import Kube
@@ -58,7 +60,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # a minute of forbidden retries before Kopf falls back to the names it was given.
     settings.scanning.disabled = not _settings(memo).all_namespaces
     memo.setdefault("kube", Kube())
-    memo.setdefault("jobs", job_flow.JobApi())
+    memo.setdefault("jobs", JobApi())
 
 
 def _record(kind: str, ref: str, phase: str | None) -> None:
@@ -92,40 +94,63 @@ def _record_body(kind: str, body: kopf.Body, phase: str | None) -> None:
         METRICS.pending_jobs.set(str(body.meta.namespace), str(body.meta.name), waiting)
 
 
-async def _reconcile_endpoint(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger
+async def _reconcile(
+    kind: str,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    run: Callable[[], Awaitable[Obj | None]],
+    event_message: Callable[[Obj], str],
 ) -> None:
+    """One pass of either kind: time and count it, write what changed in status, post an
+    Event when the phase changes, and keep the resource gauges current."""
     started = time.monotonic()
-    obj = dict(body)
     try:
-        status = await endpoint_flow.reconcile(
-            memo.kube,
-            obj,
-            _build_config(memo),
-            _settings(memo).endpoint_url_template,
-            datetime.now(UTC),
-            autoscaler_setting=_settings(memo).autoscaler,
-        )
+        status = await run()
     except Exception:
-        METRICS.reconciles.labels("TTSEndpoint", "error").inc()
+        METRICS.reconciles.labels(kind, "error").inc()
         raise
     finally:
-        METRICS.reconcile_seconds.labels("TTSEndpoint").observe(time.monotonic() - started)
-    METRICS.reconciles.labels("TTSEndpoint", "ok").inc()
+        METRICS.reconcile_seconds.labels(kind).observe(time.monotonic() - started)
+    METRICS.reconciles.labels(kind, "ok").inc()
     old = body.get("status") or {}
+    if status is None:  # nothing to change (a finished TTSJob)
+        _record_body(kind, body, old.get("phase"))
+        return
     if old.get("phase") != status.get("phase"):
-        kind = "Warning" if status.get("phase") == constants.PHASE_FAILED else "Normal"
-        conds = {cond["type"]: cond for cond in status["conditions"]}
-        order = (constants.CACHE_READY, constants.FLASH_ATTN_READY, constants.AVAILABLE)
-        failing = [
-            conds[t]["message"] for t in order if t in conds and conds[t]["status"] != "True"
-        ]
-        message = failing[0] if failing else "all conditions true"
-        kopf.event(body, type=kind, reason=str(status.get("phase")), message=message)
-    _record_body(constants.ENDPOINT_KIND, body, status.get("phase"))
+        event_type = "Warning" if status.get("phase") == constants.PHASE_FAILED else "Normal"
+        kopf.event(
+            body, type=event_type, reason=str(status.get("phase")), message=event_message(status)
+        )
+    _record_body(kind, body, status.get("phase"))
     for key, value in status.items():
         if old.get(key) != value:
             patch.status[key] = value
+
+
+def _endpoint_event(status: Obj) -> str:
+    """The first condition that is not true, in the order a user fixes them."""
+    conds = {cond["type"]: cond for cond in status["conditions"]}
+    order = (constants.CACHE_READY, constants.FLASH_ATTN_READY, constants.AVAILABLE)
+    failing = [conds[t]["message"] for t in order if t in conds and conds[t]["status"] != "True"]
+    return failing[0] if failing else "all conditions true"
+
+
+async def _reconcile_endpoint(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger
+) -> None:
+    settings = _settings(memo)
+
+    async def run() -> Obj:
+        return await endpoint_flow.reconcile(
+            memo.kube,
+            dict(body),
+            _build_config(memo),
+            settings.endpoint_url_template,
+            datetime.now(UTC),
+            autoscaler_setting=settings.autoscaler,
+        )
+
+    await _reconcile(constants.ENDPOINT_KIND, body, patch, run, _endpoint_event)
 
 
 @kopf.on.create(constants.GROUP, constants.VERSION, constants.ENDPOINT_PLURAL)
@@ -156,33 +181,17 @@ async def endpoint_timer(
 
 
 async def _reconcile_job(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    started = time.monotonic()
-    obj = dict(body)
     now = datetime.now(UTC)
-    if job_flow.expired(obj, now):
+    if job_flow.expired(dict(body), now):
         await memo.kube.delete("TTSJob", body.meta.namespace, body.meta.name)
         return
-    try:
-        status = await job_flow.reconcile(memo.kube, memo.jobs, obj, _build_config(memo), now)
-    except Exception:
-        METRICS.reconciles.labels("TTSJob", "error").inc()
-        raise
-    finally:
-        METRICS.reconcile_seconds.labels("TTSJob").observe(time.monotonic() - started)
-    METRICS.reconciles.labels("TTSJob", "ok").inc()
-    if status is None:
-        _record_body(constants.JOB_KIND, body, (body.get("status") or {}).get("phase"))
-        return
-    old = body.get("status") or {}
-    if old.get("phase") != status.get("phase"):
-        kind = "Warning" if status.get("phase") == constants.PHASE_FAILED else "Normal"
-        kopf.event(
-            body, type=kind, reason=str(status.get("phase")), message=str(status.get("message", ""))
-        )
-    _record_body(constants.JOB_KIND, body, status.get("phase"))
-    for key, value in status.items():
-        if old.get(key) != value:
-            patch.status[key] = value
+
+    async def run() -> Obj | None:
+        return await job_flow.reconcile(memo.kube, memo.jobs, dict(body), _build_config(memo), now)
+
+    await _reconcile(
+        constants.JOB_KIND, body, patch, run, lambda status: str(status.get("message", ""))
+    )
 
 
 @kopf.on.create(constants.GROUP, constants.VERSION, constants.JOB_PLURAL)

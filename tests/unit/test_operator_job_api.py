@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tts_operator.endpoint_api import ServerError, ServerJob
 from tts_operator.handlers import job as job_flow
-from tts_operator.handlers.job import ServerError, ServerJob
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ENDPOINT: dict[str, Any] = {
@@ -79,10 +79,11 @@ def reconcile(api: FakeApi, k: FakeKube, status: dict[str, Any] | None = None) -
     [
         ServerError("429: the queue is full", 429),
         ServerError("503: draining", 503),
+        ServerError("500: internal error", 500),
         aiohttp.ClientConnectionError("Cannot connect to host tiny.ns.svc:8000"),
         TimeoutError(),
     ],
-    ids=["429", "503", "connection-refused", "timeout"],
+    ids=["429", "503", "500", "connection-refused", "timeout"],
 )
 def test_a_busy_or_unreachable_endpoint_is_tried_again_with_the_same_attempt(
     error: BaseException,
