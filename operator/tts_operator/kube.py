@@ -108,6 +108,29 @@ class Kube:
     ) -> Any:
         return await asyncio.to_thread(self._call, method, path, body, query, content_type)
 
+    def _text(self, path: str, query: list[tuple[str, str]]) -> str:
+        serialized = self.api.param_serialize(
+            "GET",
+            path,
+            query_params=query,
+            header_params={"Accept": "*/*"},
+            auth_settings=["BearerToken"],
+        )
+        method_, url, headers, payload, post = serialized
+        response = self.api.call_api(
+            method_, url, header_params=headers, body=payload, post_params=post
+        )
+        raw = response.read()  # type: ignore[no-untyped-call]
+        if response.status >= 400:
+            raise ApiException(http_resp=response)
+        return bytes(raw).decode(errors="replace")
+
+    async def log_tail(self, namespace: str, pod: str, container: str, lines: int = 20) -> str:
+        """The last ``lines`` lines a pod's container logged."""
+        path = KINDS["Pod"].path(namespace, pod, "log")
+        query = [("container", container), ("tailLines", str(lines))]
+        return await asyncio.to_thread(self._text, path, query)
+
     async def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
         try:
             result: Obj = await self.call("GET", KINDS[kind].path(namespace, name))
@@ -205,6 +228,8 @@ RBAC_RULES: list[Obj] = [
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    # The cache Job's progress lines (bytes, rate, ETA) while it syncs.
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     # The endpoint's storage credentials (spec.storage.credentialsSecret) and API key
     # (spec.apiKeySecret) are read by name: get only, never list or watch.
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},

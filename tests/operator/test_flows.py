@@ -9,18 +9,21 @@ with a token of the chart's ServiceAccount (tests/operator/conftest.py).
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prometheus_client import REGISTRY
 
 os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
 
 from tests.operator.conftest import RunOperator
-from tests.support.cluster import HOLD_LABEL, Kube
+from tests.support.cluster import HOLD_LABEL, ClusterHandle, Kube, write_container_log
+from tts_inference.cache.sync import Progress
 from tts_operator import constants as c
 from tts_operator import main as operator_main
 
@@ -481,4 +484,34 @@ def test_an_unfinished_cache_job_is_replaced_when_its_template_changes(
     finish_pod(kube, ns, held_pod(kube, ns, new), 0, json.dumps(SUMMARY))
     kube.wait_for(
         lambda: status(kube, ns).get("phase") == "Ready", timeout=60, message="never Ready"
+    )
+
+
+def test_cache_progress_shows_in_status_while_the_sync_runs(
+    kube: Kube, ns: str, run_operator: RunOperator, control_plane: ClusterHandle
+) -> None:
+    """The sync's own progress line, read through pods/log (kwok serves the container log)."""
+    if control_plane.plane is None:
+        pytest.skip("needs the test control plane's kwok to serve the sync container's log")
+    run_operator()
+    setup(kube, ns, nodeSelector={"nvidia.com/gpu.present": "true", HOLD_LABEL: "true"})
+    job = one_cache_job(kube, ns)
+    pod = held_pod(kube, ns, job)
+    total = 1_402_692_773
+    progress = Progress("F5TTS_v1_Base", total, 0, io.StringIO())
+    progress.add(total * 46 // 100)
+    write_container_log(control_plane.plane.sync_log, ["syncing", progress.line()])
+    shown = kube.wait_for(
+        lambda: status(kube, ns).get("cacheProgress"), message="no cacheProgress in status"
+    )
+    assert shown["percent"] == 46
+    assert shown["bytesTotal"] == pytest.approx(total, rel=0.01)
+    assert shown["bytesDone"] == pytest.approx(total * 0.46, rel=0.01)
+    assert status(kube, ns)["phase"] == "Syncing"
+
+    finish_pod(kube, ns, pod, 0, json.dumps(SUMMARY))
+    kube.wait_for(
+        lambda: (status(kube, ns).get("cacheProgress") or {}).get("percent") == 100,
+        timeout=60,
+        message="never 100 % once the cache was ready",
     )

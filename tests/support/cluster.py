@@ -251,6 +251,11 @@ class ControlPlane:
     audit: bool = False
 
     @property
+    def sync_log(self) -> Path:
+        """What every container named "sync" logs (CRI log lines; ``write_container_log``)."""
+        return self.folder / "logs" / "containers" / "sync.log"
+
+    @property
     def audit_log(self) -> Path:
         return self.folder / "logs" / "audit.log"
 
@@ -361,6 +366,8 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--endpoint-reconciler-type=none",
+                # kwok's nodes serve the kubelet API on 127.0.0.1 (pods/log).
+                "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
                 f"--cert-dir={self.folder / 'pki'}",
                 *audit_flags,
@@ -429,17 +436,36 @@ class ControlPlane:
             )
             self.startup_seconds[name] = time.monotonic() - t0
 
+        # kwok also serves the nodes' kubelet API on 127.0.0.1 (the API server's pods/log
+        # goes there): a container named "sync" logs what the test writes to sync_log.
+        self.sync_log.parent.mkdir(parents=True, exist_ok=True)
+        self.sync_log.touch()
+        kwok_config = self.folder / "kwok.yaml"
+        kwok_config.write_text(
+            STAGES.read_text()
+            + "\n---\n"
+            + yaml.safe_dump(
+                {
+                    "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                    "kind": "ClusterLogs",
+                    "metadata": {"name": "sync-logs"},
+                    "spec": {"logs": [{"containers": ["sync"], "logsFile": str(self.sync_log)}]},
+                }
+            )
+        )
+        kubelet_port = free_port()
         kwok = Component(
             "kwok",
             [
                 str(exe / "kwok"),
                 f"--kubeconfig={kc}",
-                f"--config={STAGES}",
+                f"--config={kwok_config}",
                 "--manage-nodes-with-label-selector=type=kwok",
                 "--node-lease-duration-seconds=40",
                 "--cidr=10.244.0.0/16",
-                "--node-ip=10.0.0.1",
-                f"--server-address=127.0.0.1:{free_port()}",
+                "--node-ip=127.0.0.1",
+                f"--node-port={kubelet_port}",
+                f"--server-address=127.0.0.1:{kubelet_port}",
             ],
             logs / "kwok.log",
         )
@@ -486,6 +512,12 @@ def _condition(obj: Body, type_: str) -> str | None:
         if cond.get("type") == type_:
             return str(cond.get("status"))
     return None
+
+
+def write_container_log(file: Path, lines: list[str]) -> None:
+    """Replace a kwok container log with ``lines``, in the CRI log format kubelets read."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    file.write_text("".join(f"{stamp} stdout F {line}\n" for line in lines))
 
 
 def fake_nodes() -> list[Body]:

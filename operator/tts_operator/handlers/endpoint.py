@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -99,6 +100,51 @@ def own_pods(job: Obj, pods: list[Obj]) -> list[Obj]:
             continue
         out.append(pod)
     return out
+
+
+_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+# The line `tts-inference sync` prints every few seconds (cache/sync.py, Progress.line).
+_PROGRESS = re.compile(
+    r"sync (?P<label>.+?): (?P<done>[\d.]+) (?P<done_unit>[KMGT]?i?B) / "
+    r"(?P<total>[\d.]+) (?P<total_unit>[KMGT]?i?B) \((?P<pct>\d+)%\) "
+    r"(?P<rate>[\d.]+) (?P<rate_unit>[KMGT]?i?B)/s ETA (?P<eta>\d+s|\?)"
+)
+
+
+def sync_progress(log: str) -> Obj | None:
+    """Pure: the last progress line of a sync's log as status.cacheProgress, or None."""
+    for line in reversed(log.splitlines()):
+        match = _PROGRESS.search(line)
+        if not match:
+            continue
+        eta = match["eta"]
+        return {
+            "percent": int(match["pct"]),
+            "bytesDone": int(float(match["done"]) * _UNITS[match["done_unit"]]),
+            "bytesTotal": int(float(match["total"]) * _UNITS[match["total_unit"]]),
+            "bytesPerSecond": int(float(match["rate"]) * _UNITS[match["rate_unit"]]),
+            "etaSeconds": int(eta[:-1]) if eta != "?" else None,
+        }
+    return None
+
+
+async def cache_progress(kube: Kube, namespace: str, pods: list[Obj]) -> Obj | None:
+    """What the running sync container of the cache Job last said of its progress."""
+    for pod in pods:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        if not any(
+            s.get("name") == "sync" and "running" in (s.get("state") or {}) for s in statuses
+        ):
+            continue
+        try:
+            log_text = await kube.log_tail(namespace, pod["metadata"]["name"], "sync")
+        except ApiException as exc:  # the log is not there (yet): no figures this pass
+            log.debug("no log of %s: %s", pod["metadata"]["name"], exc.status)
+            continue
+        progress = sync_progress(log_text)
+        if progress is not None:
+            return progress
+    return None
 
 
 def json_line(text: str) -> dict[str, Any] | None:
@@ -422,7 +468,13 @@ async def reconcile(
     current = await kube.get("Job", ns, job_name)
     if current is None:
         current = await kube.create(job)
-    cache = job_state(current, await _job_pods(kube, ns, job_name))
+    pods = await _job_pods(kube, ns, job_name)
+    cache = job_state(current, pods)
+    progress = (
+        await cache_progress(kube, ns, own_pods(current, pods))
+        if cache is not None and cache.state == "running"
+        else None
+    )
     if cache is not None and cache.state == "running" and template_changed(current, job):
         # Its template cannot be patched: replace it (the next pass makes the new one).
         await kube.delete("Job", ns, job_name)
@@ -463,6 +515,12 @@ async def reconcile(
         cache = JobState(
             "failed", f"Secret {ns}/{secret_name} (spec.storage.credentialsSecret) not found"
         )
-    return endpoint_status(
+    status = endpoint_status(
         endpoint, cache, deployment, b.endpoint_url(endpoint, url_template), now, claim
     )
+    if progress is not None:
+        status["cacheProgress"] = progress
+    elif cache is not None and cache.state == "succeeded":
+        total = (cache.summary or {}).get("bytesDownloaded")
+        status["cacheProgress"] = {"percent": 100, **({"bytesDone": int(total)} if total else {})}
+    return status
