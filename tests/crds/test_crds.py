@@ -398,6 +398,13 @@ BAD_SPECS: list[tuple[str, str, str, list[tuple[str, Any]], str]] = [
         "spec.tolerations[0].effect",
     ),
     (
+        "job-existingClaim-and-size",
+        "TTSJob",
+        "chapter-one",
+        [("spec.storage.cache", {"existingClaim": "shared", "size": "40Gi"})],
+        "existingClaim excludes size",
+    ),
+    (
         "nodeSelector-not-strings",
         "TTSEndpoint",
         "f5tts",

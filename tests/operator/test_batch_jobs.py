@@ -258,3 +258,22 @@ def test_parts_sharing_a_read_write_once_claim_are_kept_on_one_node(
     # The scheduler keeps every part on the node of the first.
     nodes = {_index_pod(kube, ns, batch, i)["spec"]["nodeName"] for i in range(PARTS)}
     assert len(nodes) == 1, nodes
+
+
+def test_parts_without_an_existing_claim_share_one_made_for_the_job(
+    kube: Kube, ns: str, run_operator: RunOperator
+) -> None:
+    run_operator()
+    ttsjob = _create_ttsjob(kube, ns)
+    batch = _one_batch_job(kube, ns)
+    claim = kube.wait_for(
+        lambda: kube.get("persistentvolumeclaims", ns, "chapter-one-cache"), message="no claim"
+    )
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == ttsjob["metadata"]["uid"]
+    pods = [_index_pod(kube, ns, batch, i) for i in range(PARTS)]
+    for pod in pods:
+        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "cache"]
+        assert volume["persistentVolumeClaim"]["claimName"] == "chapter-one-cache"
+    assert len({pod["spec"]["nodeName"] for pod in pods}) == 1, "ReadWriteOnce: one node"
+    kube.delete("ttsjobs", ns, "chapter-one")
+    kube.wait_gone("persistentvolumeclaims", ns, "chapter-one-cache")

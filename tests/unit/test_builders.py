@@ -186,13 +186,25 @@ def _other_job() -> dict[str, Any]:
     return job
 
 
-def test_parts_without_a_claim_each_use_their_own_scratch_volume() -> None:
-    pod = b.batch_job(batch(parallelism=3), CONFIG)["spec"]["template"]["spec"]
-    assert "podAffinity" not in pod.get("affinity", {})
+def test_parts_without_a_claim_share_one_the_operator_makes_for_the_job() -> None:
+    job = batch(parallelism=3)
+    claim = b.batch_cache_pvc(job)
+    assert claim is not None
+    assert claim["metadata"]["name"] == "chapter-one-cache"
+    assert claim["metadata"]["ownerReferences"][0]["kind"] == "TTSJob"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod = b.batch_job(job, CONFIG)["spec"]["template"]["spec"]
     assert next(v for v in pod["volumes"] if v["name"] == "cache") == {
         "name": "cache",
-        "emptyDir": {},
+        "persistentVolumeClaim": {"claimName": "chapter-one-cache"},
     }
+    # ReadWriteOnce: the parts share one node; ReadWriteMany lets them spread.
+    assert "podAffinity" in pod["affinity"]
+    rwx = batch(parallelism=3)
+    rwx["spec"]["storage"]["cache"] = {"accessModes": ["ReadWriteMany"], "size": "40Gi"}
+    assert b.batch_cache_pvc(rwx)["spec"]["resources"]["requests"]["storage"] == "40Gi"  # type: ignore[index]
+    spread = b.batch_job(rwx, CONFIG)["spec"]["template"]["spec"]
+    assert "podAffinity" not in spread.get("affinity", {})
 
 
 def test_batch_job_of_one_part_stays_a_plain_job() -> None:

@@ -576,6 +576,32 @@ def batch_job_name(job: Obj) -> str:
     return child_name(job["metadata"]["name"], "run")
 
 
+def batch_claim_name(job: Obj) -> str:
+    """The claim the job's pods mount: its existingClaim, or the one the operator makes."""
+    cache = job["spec"]["storage"].get("cache", {})
+    return str(cache.get("existingClaim") or child_name(job["metadata"]["name"], "cache"))
+
+
+def batch_cache_pvc(job: Obj) -> Obj | None:
+    """The job's own cache claim, synced once and shared by all its parts (None with an
+    existingClaim). Owned by the TTSJob: it goes when the job does."""
+    cache = job["spec"]["storage"].get("cache", {})
+    if cache.get("existingClaim"):
+        return None
+    spec: Obj = {
+        "accessModes": list(cache.get("accessModes") or ["ReadWriteOnce"]),
+        "resources": {"requests": {"storage": str(cache.get("size") or DEFAULT_CACHE_SIZE)}},
+    }
+    if cache.get("storageClassName"):
+        spec["storageClassName"] = cache["storageClassName"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(job, batch_claim_name(job), c.COMPONENT_CACHE),
+        "spec": spec,
+    }
+
+
 def batch_parts(job: Obj) -> int:
     """How many pods share a batch TTSJob's text (spec.parallelism, at least 1)."""
     return max(int(job["spec"].get("parallelism") or 1), 1)
@@ -654,12 +680,17 @@ def batch_job(job: Obj, config: BuildConfig, claim_modes: list[str] | None = Non
     every part. backoffLimit = N x spec.backoffLimit is what the per-index limits allow
     in all, so a cluster that drops the per-index fields still bounds the retries.
 
-    ``claim_modes`` are the access modes of spec.storage.cache.existingClaim (None when
-    unknown): parts on a volume that mounts on one node only are kept on one node.
+    The pods mount spec.storage.cache.existingClaim, or the claim the operator makes for
+    the job (batch_cache_pvc), so the parts sync the model once between them.
+    ``claim_modes`` are the access modes of the existingClaim (None when unknown): parts
+    on a volume that mounts on one node only are kept on one node.
     """
     spec = job["spec"]
     secret = spec["storage"]["credentialsSecret"]["name"]
-    claim = spec["storage"].get("cache", {}).get("existingClaim")
+    claim = batch_claim_name(job)
+    own = batch_cache_pvc(job)
+    if own is not None:
+        claim_modes = own["spec"]["accessModes"]
     init = [_container("sync", sync_command(spec["model"]["source"]), spec, config, secret)]
     runner = _container(
         "run-job",

@@ -228,6 +228,12 @@ async def _as_batch(
     ns = job["metadata"]["namespace"]
     claim = job["spec"]["storage"].get("cache", {}).get("existingClaim")
     modes = None
+    own = b.batch_cache_pvc(job)
+    if (
+        own is not None
+        and await kube.get("PersistentVolumeClaim", ns, own["metadata"]["name"]) is None
+    ):
+        await kube.create(own)
     if claim and b.batch_parts(job) > 1:
         pvc = await kube.get("PersistentVolumeClaim", ns, claim)
         modes = list((pvc or {}).get("spec", {}).get("accessModes") or [])
