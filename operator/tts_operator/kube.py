@@ -73,19 +73,20 @@ class Kube:
             api_client = client.ApiClient()
         self.api = api_client
 
-    def _call(
+    def _request(
         self,
         method: str,
         path: str,
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
-    ) -> Any:
+        accept: str = "application/json",
+    ) -> bytes:
         serialized = self.api.param_serialize(
             method,
             path,
             query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
+            header_params={"Accept": accept, "Content-Type": content_type},
             body=body,
             auth_settings=["BearerToken"],
         )
@@ -96,6 +97,17 @@ class Kube:
         raw = response.read()  # type: ignore[no-untyped-call]
         if response.status >= 400:
             raise ApiException(http_resp=response)
+        return bytes(raw or b"")
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        raw = self._request(method, path, body, query, content_type)
         return json.loads(raw) if raw else None
 
     async def call(
@@ -108,28 +120,14 @@ class Kube:
     ) -> Any:
         return await asyncio.to_thread(self._call, method, path, body, query, content_type)
 
-    def _text(self, path: str, query: list[tuple[str, str]]) -> str:
-        serialized = self.api.param_serialize(
-            "GET",
-            path,
-            query_params=query,
-            header_params={"Accept": "*/*"},
-            auth_settings=["BearerToken"],
-        )
-        method_, url, headers, payload, post = serialized
-        response = self.api.call_api(
-            method_, url, header_params=headers, body=payload, post_params=post
-        )
-        raw = response.read()  # type: ignore[no-untyped-call]
-        if response.status >= 400:
-            raise ApiException(http_resp=response)
-        return bytes(raw).decode(errors="replace")
-
     async def log_tail(self, namespace: str, pod: str, container: str, lines: int = 20) -> str:
         """The last ``lines`` lines a pod's container logged."""
         path = KINDS["Pod"].path(namespace, pod, "log")
         query = [("container", container), ("tailLines", str(lines))]
-        return await asyncio.to_thread(self._text, path, query)
+        raw = await asyncio.to_thread(
+            self._request, "GET", path, None, query, "application/json", "*/*"
+        )
+        return raw.decode(errors="replace")
 
     async def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
         try:

@@ -440,22 +440,23 @@ def _update(kind: str, name: str, path: str, value: Any) -> crdschema.Result:
     return crdschema.validate(new, old=old)
 
 
-@pytest.mark.parametrize(
-    ("kind", "name", "path", "value", "needle"),
-    [
-        ("TTSEndpoint", "f5tts", "spec.model.name", "OtherModel", "spec.model.name is immutable"),
-        ("TTSEndpoint", "f5tts", "spec.storage.cache.storageClassName", "fast", None),
-        (
-            "TTSEndpoint",
-            "f5tts",
-            "spec.storage.cache.accessModes",
-            ["ReadWriteMany"],
-            "accessModes is immutable",
-        ),
-        ("TTSJob", "hello-on-endpoint", "spec.text", "Something else.", "spec is immutable"),
-        ("TTSJob", "hello-on-endpoint", "spec.output.uri", "s3://other/x.wav", "spec is immutable"),
-    ],
-)
+# (kind, example name, field, new value, text the error must contain; None: accepted)
+IMMUTABLE_UPDATES: list[tuple[str, str, str, Any, str | None]] = [
+    ("TTSEndpoint", "f5tts", "spec.model.name", "OtherModel", "spec.model.name is immutable"),
+    ("TTSEndpoint", "f5tts", "spec.storage.cache.storageClassName", "fast", None),
+    (
+        "TTSEndpoint",
+        "f5tts",
+        "spec.storage.cache.accessModes",
+        ["ReadWriteMany"],
+        "accessModes is immutable",
+    ),
+    ("TTSJob", "hello-on-endpoint", "spec.text", "Something else.", "spec is immutable"),
+    ("TTSJob", "hello-on-endpoint", "spec.output.uri", "s3://other/x.wav", "spec is immutable"),
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "path", "value", "needle"), IMMUTABLE_UPDATES)
 def test_immutable_fields_reject_updates(
     kind: str, name: str, path: str, value: Any, needle: str | None
 ) -> None:

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from tests.crds.test_crds import BAD_SPECS, DELETE, EXAMPLES, _del, _set, example
+from tests.crds.test_crds import (
+    BAD_SPECS,
+    DELETE,
+    EXAMPLES,
+    IMMUTABLE_UPDATES,
+    _del,
+    _set,
+    example,
+)
 from tests.support import crdschema
 from tests.support.cluster import ApiError, Kube, path
 
@@ -69,17 +77,7 @@ def test_the_offline_validator_and_the_api_server_agree_on_every_bad_spec(
 
 @pytest.mark.parametrize(
     ("kind", "name", "field", "value", "needle"),
-    [
-        ("TTSEndpoint", "f5tts", "spec.model.name", "OtherModel", "spec.model.name is immutable"),
-        (
-            "TTSEndpoint",
-            "f5tts",
-            "spec.storage.cache.accessModes",
-            ["ReadWriteMany"],
-            "accessModes is immutable",
-        ),
-        ("TTSJob", "hello-on-endpoint", "spec.text", "Something else.", "spec is immutable"),
-    ],
+    [case for case in IMMUTABLE_UPDATES if case[4] is not None],
 )
 def test_immutable_fields_are_refused_by_the_api_server(
     kube: Kube, ns: str, kind: str, name: str, field: str, value: Any, needle: str

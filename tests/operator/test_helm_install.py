@@ -79,15 +79,27 @@ def operator_as(
     return as_operator
 
 
-def run(namespaces: list[str], clusterwide: bool) -> OperatorRunner:
+def an_endpoint_becomes_ready(
+    kube: Kube, where: str, namespaces: list[str], clusterwide: bool
+) -> None:
+    """The operator, run as the chart's ServiceAccount, brings an endpoint in ``where`` to Ready."""
     settings = config.Settings(
         namespaces=tuple(namespaces),
         all_namespaces=clusterwide,
         endpoint_url_template="http://{service}.{namespace}.svc:{port}",
     )
-    return OperatorRunner(
+    runner = OperatorRunner(
         namespaces=namespaces, clusterwide=clusterwide, memo=kopf.Memo(settings=settings)
     ).start()
+    try:
+        setup(kube, where)
+        kube.wait_for(
+            lambda: status(kube, where).get("phase") == "Ready",
+            timeout=90,
+            message=f"never Ready under the chart's RBAC ({'cluster-wide' if clusterwide else 'namespaced'})",
+        )
+    finally:
+        runner.stop()
 
 
 def test_namespaced_install_grants_exactly_the_watched_namespace(
@@ -118,16 +130,7 @@ def test_namespaced_install_grants_exactly_the_watched_namespace(
             as_operator.list("secrets", watched)
         assert no_list.value.status == 403, "Secrets are read by name only"
 
-        runner = run([watched], clusterwide=False)
-        try:
-            setup(kube, watched)
-            kube.wait_for(
-                lambda: status(kube, watched).get("phase") == "Ready",
-                timeout=90,
-                message="never Ready under the chart's namespaced RBAC",
-            )
-        finally:
-            runner.stop()
+        an_endpoint_becomes_ready(kube, watched, [watched], clusterwide=False)
 
 
 def test_cluster_wide_install_serves_any_namespace(
@@ -142,13 +145,4 @@ def test_cluster_wide_install_serves_any_namespace(
         role = kube.get("clusterroles", None, names["fullname"])
         assert role is not None
         operator_as(kube, ns, names["fullname"], tmp_path, monkeypatch)
-        runner = run([], clusterwide=True)
-        try:
-            setup(kube, watched)
-            kube.wait_for(
-                lambda: status(kube, watched).get("phase") == "Ready",
-                timeout=90,
-                message="never Ready under the chart's cluster-wide RBAC",
-            )
-        finally:
-            runner.stop()
+        an_endpoint_becomes_ready(kube, watched, [], clusterwide=True)

@@ -188,21 +188,26 @@ POD_SECURITY = {
 
 def cache_pvc(endpoint: Obj) -> Obj | None:
     """The cache claim, unless the endpoint names an existing one."""
-    spec = endpoint["spec"]
-    cache = spec["storage"].get("cache", {})
+    return _own_cache_claim(endpoint, cache_claim_name(endpoint))
+
+
+def _own_cache_claim(parent: Obj, name: str) -> Obj | None:
+    """The claim the operator makes from the parent's spec.storage.cache (size, class,
+    access modes), owned by the parent; None when the parent names an existingClaim."""
+    cache = parent["spec"]["storage"].get("cache", {})
     if cache.get("existingClaim"):
         return None
-    pvc_spec: Obj = {
-        "accessModes": access_modes(spec),
+    spec: Obj = {
+        "accessModes": access_modes(parent["spec"]),
         "resources": {"requests": {"storage": str(cache.get("size") or DEFAULT_CACHE_SIZE)}},
     }
     if cache.get("storageClassName"):
-        pvc_spec["storageClassName"] = cache["storageClassName"]
+        spec["storageClassName"] = cache["storageClassName"]
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": metadata(endpoint, cache_claim_name(endpoint), c.COMPONENT_CACHE),
-        "spec": pvc_spec,
+        "metadata": metadata(parent, name, c.COMPONENT_CACHE),
+        "spec": spec,
     }
 
 
@@ -585,21 +590,7 @@ def batch_claim_name(job: Obj) -> str:
 def batch_cache_pvc(job: Obj) -> Obj | None:
     """The job's own cache claim, synced once and shared by all its parts (None with an
     existingClaim). Owned by the TTSJob: it goes when the job does."""
-    cache = job["spec"]["storage"].get("cache", {})
-    if cache.get("existingClaim"):
-        return None
-    spec: Obj = {
-        "accessModes": list(cache.get("accessModes") or ["ReadWriteOnce"]),
-        "resources": {"requests": {"storage": str(cache.get("size") or DEFAULT_CACHE_SIZE)}},
-    }
-    if cache.get("storageClassName"):
-        spec["storageClassName"] = cache["storageClassName"]
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": metadata(job, batch_claim_name(job), c.COMPONENT_CACHE),
-        "spec": spec,
-    }
+    return _own_cache_claim(job, batch_claim_name(job))
 
 
 def batch_parts(job: Obj) -> int:
