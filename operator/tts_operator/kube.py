@@ -208,6 +208,14 @@ class Kube:
             raise
 
 
+# What the operator does to the children it owns: create, keep in sync, delete.
+OWNED_VERBS = ["get", "list", "watch", "create", "patch", "delete"]
+
+
+def _owns(group: str, *resources: str) -> Obj:
+    return {"apiGroups": [group], "resources": list(resources), "verbs": list(OWNED_VERBS)}
+
+
 # The rules the operator needs, in one place: the chart renders its RBAC from this list.
 RBAC_RULES: list[Obj] = [
     {
@@ -220,11 +228,7 @@ RBAC_RULES: list[Obj] = [
         "resources": ["ttsendpoints/status", "ttsjobs/status"],
         "verbs": ["get", "patch", "update"],
     },
-    {
-        "apiGroups": [""],
-        "resources": ["persistentvolumeclaims", "services"],
-        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
-    },
+    _owns("", "persistentvolumeclaims", "services"),
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     # The cache Job's progress lines (bytes, rate, ETA) while it syncs.
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
@@ -233,36 +237,12 @@ RBAC_RULES: list[Obj] = [
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-    {
-        "apiGroups": ["apps"],
-        "resources": ["deployments"],
-        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
-    },
-    {
-        "apiGroups": ["batch"],
-        "resources": ["jobs"],
-        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
-    },
-    {
-        "apiGroups": ["policy"],
-        "resources": ["poddisruptionbudgets"],
-        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
-    },
-    {
-        "apiGroups": ["autoscaling"],
-        "resources": ["horizontalpodautoscalers"],
-        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
-    },
-    {
-        "apiGroups": ["keda.sh"],
-        "resources": ["scaledobjects"],
-        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
-    },
-    {
-        "apiGroups": ["monitoring.coreos.com"],
-        "resources": ["servicemonitors"],
-        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
-    },
+    _owns("apps", "deployments"),
+    _owns("batch", "jobs"),
+    _owns("policy", "poddisruptionbudgets"),
+    _owns("autoscaling", "horizontalpodautoscalers"),
+    _owns("keda.sh", "scaledobjects"),
+    _owns("monitoring.coreos.com", "servicemonitors"),
     {
         "apiGroups": ["apiextensions.k8s.io"],
         "resources": ["customresourcedefinitions"],
