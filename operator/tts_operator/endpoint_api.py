@@ -25,9 +25,13 @@ TRANSIENT_STATUSES = frozenset({408, 429})
 class ServerError(Exception):
     """The endpoint's job API answered something other than what we asked for."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        # Seconds the server asked us to wait (its Retry-After header), if it said.
+        self.retry_after = retry_after
 
     @property
     def transient(self) -> bool:
@@ -92,7 +96,7 @@ class JobApi:
         ):
             doc = await _json(resp)
             if resp.status >= 400:
-                raise ServerError(_error_message(doc, resp.status), resp.status)
+                raise _server_error(doc, resp)
             return ServerJob.parse(doc)
 
     async def get(self, base: str, job_id: str, api_key: str | None = None) -> ServerJob | None:
@@ -104,7 +108,7 @@ class JobApi:
                 return None
             doc = await _json(resp)
             if resp.status >= 400:
-                raise ServerError(_error_message(doc, resp.status), resp.status)
+                raise _server_error(doc, resp)
             return ServerJob.parse(doc)
 
     async def cancel(self, base: str, job_id: str, api_key: str | None = None) -> None:
@@ -144,6 +148,15 @@ async def api_key(kube: Kube, endpoint: Obj) -> str | None:
     if value is None:
         raise LookupError(f"Secret {ns}/{ref['name']} has no key {key!r} (spec.apiKeySecret.key)")
     return base64.b64decode(value).decode().strip()
+
+
+def _server_error(doc: Any, resp: aiohttp.ClientResponse) -> ServerError:
+    raw = resp.headers.get("Retry-After", "")
+    try:
+        retry_after: float | None = max(float(raw), 0.0)
+    except ValueError:
+        retry_after = None  # an HTTP date, or nothing: the operator's own backoff applies
+    return ServerError(_error_message(doc, resp.status), resp.status, retry_after)
 
 
 def _error_message(doc: Any, status: int) -> str:

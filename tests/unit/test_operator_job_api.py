@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -67,9 +67,11 @@ def kube(with_secret: bool = True) -> FakeKube:
     return FakeKube(objects)
 
 
-def reconcile(api: FakeApi, k: FakeKube, status: dict[str, Any] | None = None) -> dict[str, Any]:
+def reconcile(
+    api: FakeApi, k: FakeKube, status: dict[str, Any] | None = None, now: datetime = NOW
+) -> dict[str, Any]:
     job = {**TTSJOB, "status": status or {}}
-    result = asyncio.run(job_flow.reconcile(k, api, job, None, NOW))  # type: ignore[arg-type]
+    result = asyncio.run(job_flow.reconcile(k, api, job, None, now))  # type: ignore[arg-type]
     assert result is not None
     return result
 
@@ -94,7 +96,11 @@ def test_a_busy_or_unreachable_endpoint_is_tried_again_with_the_same_attempt(
     assert first["phase"] == "Pending"
     assert "did not take the job yet" in first["message"]
     assert int(first.get("attempts") or 0) == 0
-    second = reconcile(api, k, first)
+    assert first["transientErrors"] == 1
+    # Before the pause is over nothing is sent; after it, the same attempt goes again.
+    assert reconcile(api, k, dict(first), NOW + timedelta(seconds=1)) == first
+    assert len(api.calls) == 1
+    second = reconcile(api, k, first, NOW + timedelta(seconds=2))
     assert second["phase"] == "Running"
     assert second["attempts"] == 1
     assert api.calls[0][0] == api.calls[1][0], "the same idempotency key both times"
@@ -151,3 +157,20 @@ def test_a_failed_job_is_retried_with_a_new_attempt_until_the_limit() -> None:
     final = reconcile(FakeApi(remote=remote), kube(), running(attempts=3))
     assert final["phase"] == "Failed"
     assert "failed after 3 attempt(s)" in final["message"]
+
+
+def test_the_pause_is_the_servers_retry_after_or_a_doubling_backoff() -> None:
+    k = kube()
+    busy = ServerError("429: queue full", 429, retry_after=30)
+    status = reconcile(FakeApi(busy), k)
+    assert status["retryAt"] == "2026-01-01T00:00:30Z"
+    assert "in 30s" in status["message"]
+    waits = []
+    status = {}
+    for _ in range(10):
+        status = reconcile(
+            FakeApi(ServerError("502: bad gateway", 502)), k, {**status, "retryAt": None}
+        )
+        waits.append(status["message"].split("trying again in ")[1].split("s")[0])
+    assert waits == ["2", "4", "8", "16", "32", "64", "128", "256", "300", "300"]
+    assert status["transientErrors"] == 10

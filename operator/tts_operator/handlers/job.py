@@ -37,6 +37,24 @@ def _what(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+# The operator's own pause between tries when the endpoint gives none: doubling from
+# 2 s up to 5 minutes, so a rollout of a few minutes costs a handful of requests.
+BACKOFF_FIRST_S = 2.0
+BACKOFF_MAX_S = 300.0
+
+
+def _not_now(status: Obj, exc: BaseException, now: datetime, what: str) -> Obj:
+    """Pure: the status after a transient answer: counted, and the next try scheduled."""
+    tries = int(status.get("transientErrors") or 0) + 1
+    wait = getattr(exc, "retry_after", None)
+    if wait is None:
+        wait = min(BACKOFF_FIRST_S * 2 ** (tries - 1), BACKOFF_MAX_S)
+    status["transientErrors"] = tries
+    status["retryAt"] = st.now_rfc3339(now + timedelta(seconds=wait))
+    status["message"] = f"{what} ({_what(exc)}); trying again in {wait:.0f}s (try {tries})"
+    return status
+
+
 def server_body(job: Obj) -> dict[str, Any]:
     """Pure: the POST /v1/jobs body for a TTSJob."""
     spec = job["spec"]
@@ -140,6 +158,10 @@ async def _on_endpoint(
         status["phase"] = c.PHASE_PENDING
         status["message"] = f"waiting for TTSEndpoint {name}'s API key: {exc}"
         return status
+    retry_at = status.get("retryAt")
+    if retry_at and st.now_rfc3339(now) < str(retry_at):
+        return status  # the endpoint asked for a pause; the next pass after it tries again
+    status["retryAt"] = None
     attempts = int(status.get("attempts", 0))
     server_id = status.get("serverJobId")
     if not server_id:
@@ -150,12 +172,10 @@ async def _on_endpoint(
             )
         except (ServerError, *TRANSIENT_ERRORS) as exc:
             if is_transient(exc):
-                # Not counted as an attempt: the same attempt (and key) is sent again.
+                # Not a new attempt: the same attempt (and key) is sent again, after the
+                # wait the server asked for, or the operator's growing backoff.
                 status.setdefault("phase", c.PHASE_PENDING)
-                status["message"] = (
-                    f"TTSEndpoint {name} did not take the job yet ({_what(exc)}); trying again"
-                )
-                return status
+                return _not_now(status, exc, now, f"TTSEndpoint {name} did not take the job yet")
             # The server refused the job itself: nothing to retry.
             status["attempts"] = attempts
             return _finish(
@@ -177,8 +197,7 @@ async def _on_endpoint(
     except (ServerError, *TRANSIENT_ERRORS) as exc:
         if not is_transient(exc):
             raise
-        status["message"] = f"cannot reach TTSEndpoint {name} ({_what(exc)}); trying again"
-        return status
+        return _not_now(status, exc, now, f"cannot reach TTSEndpoint {name}")
     if (
         remote is None
     ):  # the server lost it (e.g. replaced before it persisted): the same key resubmits
