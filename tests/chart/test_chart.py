@@ -593,7 +593,7 @@ def test_notes_give_runnable_next_steps(tmp_path: Path) -> None:
         in notes
     )
     assert f"helm test {RELEASE} --namespace {NAMESPACE}" in notes
-    assert "kubectl apply --server-side --force-conflicts -f tts-operator/crds/" in notes
+    assert "kubectl apply --server-side --force-conflicts -f charts/tts-operator/crds/" in notes
     for key in SECRET_KEYS:
         assert f"--from-literal={key}=" in notes
     assert "every namespace" in notes
