@@ -100,7 +100,7 @@ chart-generate: venv ## regenerate the chart's RBAC file and the images' package
 
 .PHONY: chart-lint
 chart-lint: tools ## helm lint --strict
-	$(HELM) lint --strict charts/tts-operator
+	$(HELM) lint --strict charts/tts-operator --set image.repository=acme/tts-operator --set inference.image.repository=acme/tts-inference
 
 .PHONY: chart-test
 chart-test: venv tools system-deps ## chart, rules, dashboard and image tests

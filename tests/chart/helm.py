@@ -39,6 +39,25 @@ ALL_ON: Obj = {
     },
 }
 NAMESPACED: Obj = {"watchNamespaces": ["tts", "tts-batch"]}
+# The chart renders only with images the user chose (values.schema.json leaves them
+# empty); every render here names these.
+IMAGES: Obj = {
+    "image": {"repository": "acme/tts-operator"},
+    "inference": {"image": {"repository": "acme/tts-inference"}},
+}
+
+
+def with_images(values: Obj | None) -> Obj:
+    """``values`` over IMAGES (a deep merge: values win)."""
+
+    def merge(base: Any, over: Any) -> Any:
+        if isinstance(base, dict) and isinstance(over, dict):
+            return {k: merge(base.get(k), over[k]) if k in base else over[k] for k in over} | {
+                k: v for k, v in base.items() if k not in over
+            }
+        return over
+
+    return dict(merge(IMAGES, values or {}))
 
 
 def helm() -> str:
@@ -46,10 +65,13 @@ def helm() -> str:
 
 
 def run_helm(
-    args: Sequence[str], values: Obj | None = None, chart: Path = CHART
+    args: Sequence[str], values: Obj | None = None, chart: Path = CHART, images: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """``helm template`` (or another command) with ``values`` passed on stdin."""
+    """``helm template`` (or another command) with ``values`` passed on stdin, over IMAGES
+    unless ``images`` is False."""
     cmd = [helm(), *args]
+    if images:
+        values = with_images(values)
     if values is not None:
         cmd += ["--values", "-"]
     return subprocess.run(

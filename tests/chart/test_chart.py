@@ -158,13 +158,29 @@ def test_toggles_decide_what_is_rendered() -> None:
 # --------------------------------------------------------------------------- the operator
 
 
+@pytest.mark.parametrize(
+    ("values", "missing"),
+    [
+        ({}, "image.repository"),
+        ({"image": {"repository": "acme/op"}}, "inference.image.repository"),
+    ],
+)
+def test_the_chart_refuses_to_render_without_the_images_the_user_built(
+    values: dict[str, Any], missing: str
+) -> None:
+    proc = run_helm(template_cmd(), values, images=False)
+    assert proc.returncode != 0
+    assert f"set {missing} to the" in proc.stderr
+    assert "no public registry holds one" in proc.stderr
+
+
 def test_operator_deployment_runs_one_replica_that_never_overlaps() -> None:
     dep = find(render(), "Deployment")
     assert dep["spec"]["replicas"] == 1
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["image"] == f"tts-operator/operator:{CHART_META['appVersion']}"
+    assert container["image"] == f"acme/tts-operator:{CHART_META['appVersion']}"
     assert "command" not in container, "the image's entrypoint runs"
     assert "args" not in container
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -218,7 +234,7 @@ def test_settings_reach_the_operator_as_env_it_parses() -> None:
     defaults = config.parse([], _settings_env(render()))
     assert defaults.all_namespaces
     assert not defaults.namespaces
-    assert defaults.inference_image == f"tts-operator/inference:{CHART_META['appVersion']}"
+    assert defaults.inference_image == f"acme/tts-inference:{CHART_META['appVersion']}"
     assert (defaults.metrics_port, defaults.health_port) == (8080, 8081)
 
 
@@ -344,7 +360,7 @@ def test_the_chart_packages_the_crds_that_docs_upgrade_applies(tmp_path: Path) -
     """docs/upgrade.md applies the crds/ folder of the chart being upgraded to
     (`helm pull --untar`, then `kubectl apply --server-side -f <chart>/crds/`):
     the packaged chart must carry exactly crds/."""
-    proc = run_helm(["package", str(CHART), "--destination", str(tmp_path)])
+    proc = run_helm(["package", str(CHART), "--destination", str(tmp_path)], images=False)
     assert proc.returncode == 0, proc.stderr
     (archive,) = tmp_path.glob("tts-operator-*.tgz")
     import tarfile
@@ -360,7 +376,7 @@ def test_the_chart_packages_the_crds_that_docs_upgrade_applies(tmp_path: Path) -
 
 
 def test_helm_show_crds_is_a_stream_of_the_source_crds() -> None:
-    proc = run_helm(["show", "crds", str(CHART)])
+    proc = run_helm(["show", "crds", str(CHART)], images=False)
     assert proc.returncode == 0, proc.stderr
     assert _crd_docs(proc.stdout) == SOURCE_CRDS
 
@@ -509,8 +525,8 @@ BAD_VALUES = [
     ("image.pullPolicy", "Sometimes", "image.pullPolicy: image.pullPolicy must be one of"),
     (
         "inference.image.repository",
-        "",
-        "inference.image.repository: String length must be greater than or equal to 1",
+        "Not/A/Repository",
+        "inference.image.repository: Does not match pattern",
     ),
     ("watchNamespaces", ["Bad_NS"], "watchNamespaces.0: Does not match pattern"),
     ("watchNamespaces", "tts", "watchNamespaces: Invalid type. Expected: array, given: string"),

@@ -30,6 +30,7 @@ from tts_operator import config
 def helm_cmd(control_plane: ClusterHandle, *args: str, values: dict[str, Any] | None = None) -> str:
     cmd = [helm.helm(), *args, "--kubeconfig", str(control_plane.kubeconfig)]
     if values is not None:
+        values = helm.with_images(values)
         cmd += ["--values", "-"]
     proc = subprocess.run(
         cmd,

@@ -70,6 +70,7 @@ An image reference from {registry, repository, tag}; an empty tag means the char
 */}}
 {{- define "tts-operator.image" -}}
 {{- $image := .image -}}
+{{- $_ := required (printf "set %s.repository to the %s you built and pushed (docs/install.md, \"What you need first\"): no public registry holds one" .path .label) $image.repository -}}
 {{- $tag := $image.tag | default .root.Chart.AppVersion | toString -}}
 {{- if $image.registry -}}
 {{- printf "%s/%s:%s" $image.registry $image.repository $tag -}}
@@ -97,7 +98,7 @@ TTS_OPERATOR_ALL_NAMESPACES: "true"
 {{- end }}
 TTS_OPERATOR_METRICS_PORT: {{ .Values.operator.metricsPort | quote }}
 TTS_OPERATOR_HEALTH_PORT: {{ .Values.operator.healthPort | quote }}
-TTS_OPERATOR_INFERENCE_IMAGE: {{ include "tts-operator.image" (dict "image" .Values.inference.image "root" .) | quote }}
+TTS_OPERATOR_INFERENCE_IMAGE: {{ include "tts-operator.image" (dict "image" .Values.inference.image "root" . "path" "inference.image" "label" "inference image") | quote }}
 TTS_OPERATOR_IMAGE_PULL_POLICY: {{ .Values.inference.image.pullPolicy | quote }}
 TTS_OPERATOR_LOG_FORMAT: {{ .Values.operator.logFormat | quote }}
 TTS_OPERATOR_RECONCILE_INTERVAL: {{ .Values.operator.reconcileInterval | quote }}
