@@ -29,15 +29,14 @@ BUCKET = "tts-operator-jobs"
 API_KEY = "endpoint-api-key-5678"
 
 
-@pytest.fixture(scope="module")
-def server(
-    tiny_model: Path, s3: S3Server, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
+def start_endpoint_server(
+    tiny_model: Path, s3: S3Server, tmp: Path, port: int | None = None
+) -> Server:
+    """The endpoint's server: the tiny model, its voices and job records in the bucket."""
     s3.client(direct=True).create_bucket(Bucket=BUCKET)
-    tmp = tmp_path_factory.mktemp("endpoint")
-    srv = start_server(
+    return start_server(
         tiny_model,
-        tmp / "serve.log",
+        tmp / f"serve-{port}.log",
         "--nfe-step",
         "2",
         "--cache-dir",
@@ -47,7 +46,15 @@ def server(
         "--allowed-buckets",
         BUCKET,
         env={**s3.env(), "TTS_API_KEY": API_KEY},
+        port=port,
     )
+
+
+@pytest.fixture(scope="module")
+def server(
+    tiny_model: Path, s3: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    srv = start_endpoint_server(tiny_model, s3, tmp_path_factory.mktemp("endpoint"))
     yield srv
     stop(srv)
 
@@ -221,3 +228,36 @@ def test_a_job_on_an_endpoint_whose_key_secret_is_missing_waits_and_says_why(
     status = kube.wait_for(waiting, message="never said the key is missing")
     assert f"Secret {ns}/tts-key" in status["message"]
     assert status["phase"] == "Pending"
+
+
+def test_a_job_survives_a_rollout_of_its_endpoint(
+    kube: Kube, ns: str, run_operator: RunOperator, tiny_model: Path, s3: S3Server, tmp_path: Path
+) -> None:
+    """The server pod is replaced mid-job (SIGTERM, then a new process at the same address):
+    the TTSJob ends Succeeded, its audio in the bucket, as one attempt."""
+    port = free_port()
+    old = start_endpoint_server(tiny_model, s3, tmp_path, port)
+    try:
+        _ready_endpoint(kube, ns, run_operator, old.url)
+        text = " ".join(f"Sentence {i} keeps the endpoint busy for a while." for i in range(12))
+        kube.create("ttsjobs", ns, _ttsjob("rolled", text=text))
+        kube.wait_for(
+            lambda: ((kube.get("ttsjobs", ns, "rolled") or {}).get("status") or {}).get(
+                "serverJobId"
+            ),
+            timeout=60,
+            message="never submitted",
+        )
+    finally:
+        stop(old)
+    new = start_endpoint_server(tiny_model, s3, tmp_path, port)
+    try:
+        status = kube.wait_for(
+            lambda: _finished(kube, ns, "rolled"), timeout=300, message="the job never finished"
+        )
+    finally:
+        stop(new)
+    assert status["phase"] == "Succeeded", status
+    assert status["attempts"] == 1
+    data = s3.client(direct=True).get_object(Bucket=BUCKET, Key="outputs/rolled.wav")["Body"].read()
+    assert len(audio.decode(data)) / 24000 == pytest.approx(status["audioSeconds"], rel=0.05)

@@ -38,8 +38,10 @@ def start_server(
     *extra: str,
     env: dict[str, str] | None = None,
     timeout: float = 180,
+    port: int | None = None,
 ) -> Server:
-    port = free_port()
+    """Start the server (on ``port``, or a free one) and return once /readyz says 200."""
+    port = port or free_port()
     started = time.monotonic()
     proc = subprocess.Popen(
         [
