@@ -601,6 +601,7 @@ _BUILTIN: dict[str, tuple[str, bool, str]] = {
     "poddisruptionbudgets": ("policy/v1", True, "PodDisruptionBudget"),
     "horizontalpodautoscalers": ("autoscaling/v2", True, "HorizontalPodAutoscaler"),
     "storageclasses": ("storage.k8s.io/v1", False, "StorageClass"),
+    "ingresses": ("networking.k8s.io/v1", True, "Ingress"),
     "customresourcedefinitions": (
         "apiextensions.k8s.io/v1",
         False,
