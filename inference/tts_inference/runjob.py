@@ -45,6 +45,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tts_inference.cache.store import PERMANENT_EXIT
 from tts_inference.cache.sync import write_termination_log
 from tts_inference.engine.base import Engine, add_engine_arguments
 from tts_inference.errors import BadRequest, Unavailable
@@ -66,7 +67,7 @@ from tts_inference.voices import Transcriber, VoiceStore
 log = logging.getLogger("tts_inference.runjob")
 
 EXIT_FAILED = 1  # possibly transient: the Job may retry the pod
-EXIT_PERMANENT = 2  # the input is wrong: the operator fails the Job without retrying
+EXIT_PERMANENT = PERMANENT_EXIT  # the input is wrong: the Job fails without retrying
 JOB_INDEX_ENV = "JOB_COMPLETION_INDEX"
 VOICES_URI_ENV = "TTS_VOICES_URI"
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message

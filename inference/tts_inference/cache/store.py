@@ -54,8 +54,8 @@ FATAL_CODES = {
 }
 
 
-# The exit code of sync and install-flash-attn when no retry can help: the cache
-# Job's podFailurePolicy fails the Job at once on it, rather than trying again.
+# The exit code of sync, install-flash-attn and run-job when no retry can help: the
+# Jobs' podFailurePolicy fails the Job at once on it, rather than trying again.
 PERMANENT_EXIT = 2
 
 
