@@ -106,6 +106,12 @@ def test_every_example_validates(name: str, doc: dict[str, Any]) -> None:
         kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
 
 
+def test_example_names_are_unique() -> None:
+    """Tests find examples by name: two of one name would hand a test the wrong kind."""
+    names = [doc["metadata"]["name"] for _, doc in EXAMPLES]
+    assert len(names) == len(set(names)), sorted(names)
+
+
 def test_examples_cover_both_kinds_and_both_job_modes() -> None:
     kinds = [doc["kind"] for _, doc in EXAMPLES]
     assert {"Secret", "TTSEndpoint", "TTSJob"} <= set(kinds)
