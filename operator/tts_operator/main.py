@@ -77,20 +77,16 @@ def _forget(kind: str, body: kopf.Body) -> None:
 
 
 def _record_body(kind: str, body: kopf.Body, phase: str | None) -> None:
-    # A resource being deleted is on its way out of the gauge: a reconcile that
+    # A resource being deleted is on its way out of the gauges: a reconcile that
     # raced with the deletion must not count it again.
     if body.meta.get("deletionTimestamp"):
         _forget(kind, body)
-    else:
-        _record(kind, f"{body.meta.namespace}/{body.meta.name}", phase)
+        return
+    _record(kind, f"{body.meta.namespace}/{body.meta.name}", phase)
     if kind == constants.JOB_KIND:
         ref = (body.get("spec") or {}).get("endpointRef") or {}
-        waiting = (
-            ref.get("name")
-            if not body.meta.get("deletionTimestamp")
-            and phase not in (constants.PHASE_SUCCEEDED, constants.PHASE_FAILED)
-            else None
-        )
+        finished = phase in (constants.PHASE_SUCCEEDED, constants.PHASE_FAILED)
+        waiting = None if finished else ref.get("name")
         METRICS.pending_jobs.set(str(body.meta.namespace), str(body.meta.name), waiting)
 
 

@@ -7,73 +7,59 @@ import threading
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 
-class ResourcePhases:
-    """The phase of every custom resource the operator knows, and the gauge counted from it.
+class Tally:
+    """Objects counted into a gauge by their labels, set from the current set on every change.
 
-    The gauge is set from the current set of objects on every change, never by
-    increments, so a deleted resource drops out of it and a phase that no object
-    has any more reads 0.
+    Never increments: an object that goes (or whose labels change) drops out of its old
+    series at once, and a series that no object has any more reads 0.
     """
 
     def __init__(self, gauge: Gauge) -> None:
         self.gauge = gauge
-        self._phases: dict[tuple[str, str, str], str] = {}
-        self._seen: set[tuple[str, str]] = set()
+        self._labels: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._seen: set[tuple[str, ...]] = set()
         self._lock = threading.Lock()
+
+    def put(self, key: tuple[str, ...], labels: tuple[str, ...] | None) -> None:
+        """Count ``key`` under ``labels``; None counts it nowhere."""
+        with self._lock:
+            if labels is None:
+                self._labels.pop(key, None)
+            else:
+                self._labels[key] = labels
+            counts: dict[tuple[str, ...], int] = {}
+            for value in self._labels.values():
+                counts[value] = counts.get(value, 0) + 1
+            self._seen |= set(counts)
+            for value in self._seen:
+                self.gauge.labels(*value).set(counts.get(value, 0))
+
+    def labels_of(self, key: tuple[str, ...]) -> tuple[str, ...] | None:
+        return self._labels.get(key)
+
+
+class ResourcePhases(Tally):
+    """The phase of every custom resource the operator knows, counted by kind and phase."""
 
     def set(self, kind: str, namespace: str, name: str, phase: str | None) -> None:
         """Record an object's phase (an object without a phase yet is not counted)."""
-        with self._lock:
-            if phase:
-                self._phases[(kind, namespace, name)] = phase
-            else:
-                self._phases.pop((kind, namespace, name), None)
-            self._publish()
+        self.put((kind, namespace, name), (kind, phase) if phase else None)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """The object is deleted: it counts nowhere any more."""
-        with self._lock:
-            self._phases.pop((kind, namespace, name), None)
-            self._publish()
+        self.put((kind, namespace, name), None)
 
     def phase(self, kind: str, namespace: str, name: str) -> str | None:
-        return self._phases.get((kind, namespace, name))
-
-    def _publish(self) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for (kind, _, _), phase in self._phases.items():
-            counts[(kind, phase)] = counts.get((kind, phase), 0) + 1
-        self._seen |= set(counts)
-        for kind, phase in self._seen:
-            self.gauge.labels(kind, phase).set(counts.get((kind, phase), 0))
+        labels = self.labels_of((kind, namespace, name))
+        return labels[1] if labels else None
 
 
-class PendingJobs:
-    """TTSJobs on an endpoint that have not finished, counted per endpoint (KEDA wakes on it).
-
-    Like ResourcePhases, the gauge is set from the current set of jobs, so a finished or
-    deleted job drops out and an endpoint without jobs reads 0.
-    """
-
-    def __init__(self, gauge: Gauge) -> None:
-        self.gauge = gauge
-        self._jobs: dict[tuple[str, str], str] = {}  # (namespace, job) -> endpoint
-        self._seen: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
+class PendingJobs(Tally):
+    """TTSJobs on an endpoint that have not finished, counted per endpoint (KEDA wakes on it)."""
 
     def set(self, namespace: str, job: str, endpoint: str | None) -> None:
         """``endpoint`` is the endpoint the unfinished job waits on, or None to drop it."""
-        with self._lock:
-            if endpoint:
-                self._jobs[(namespace, job)] = endpoint
-            else:
-                self._jobs.pop((namespace, job), None)
-            counts: dict[tuple[str, str], int] = {}
-            for (ns, _), ep in self._jobs.items():
-                counts[(ns, ep)] = counts.get((ns, ep), 0) + 1
-            self._seen |= set(counts)
-            for ns, ep in self._seen:
-                self.gauge.labels(ns, ep).set(counts.get((ns, ep), 0))
+        self.put((namespace, job), (namespace, endpoint) if endpoint else None)
 
 
 class OperatorMetrics:
