@@ -470,15 +470,14 @@ async def reconcile(
         current = await kube.create(job)
     pods = await _job_pods(kube, ns, job_name)
     cache = job_state(current, pods)
-    progress = (
-        await cache_progress(kube, ns, own_pods(current, pods))
-        if cache is not None and cache.state == "running"
-        else None
-    )
-    if cache is not None and cache.state == "running" and template_changed(current, job):
-        # Its template cannot be patched: replace it (the next pass makes the new one).
-        await kube.delete("Job", ns, job_name)
-        cache = JobState("running", "the cache Job is being replaced: its template changed")
+    progress = None
+    if cache is not None and cache.state == "running":
+        if template_changed(current, job):
+            # Its template cannot be patched: replace it (the next pass makes the new one).
+            await kube.delete("Job", ns, job_name)
+            cache = JobState("running", "the cache Job is being replaced: its template changed")
+        else:
+            progress = await cache_progress(kube, ns, own_pods(current, pods))
     if cache is not None and cache.state == "succeeded":
         # Older cache Jobs of this endpoint (other revision, secret or wheel) are done with.
         selector = f"{c.LABEL_INSTANCE}={endpoint['metadata']['name']},{c.LABEL_COMPONENT}={c.COMPONENT_CACHE},{c.LABEL_KIND}=ttsendpoint"

@@ -152,16 +152,16 @@ async def _on_endpoint(
             now,
         )
         return status
+    retry_at = status.get("retryAt")
+    if retry_at and st.now_rfc3339(now) < str(retry_at):
+        return status  # the endpoint asked for a pause; the next pass after it tries again
+    status["retryAt"] = None
     try:
         key = await api_key(kube, endpoint)
     except LookupError as exc:
         status["phase"] = c.PHASE_PENDING
         status["message"] = f"waiting for TTSEndpoint {name}'s API key: {exc}"
         return status
-    retry_at = status.get("retryAt")
-    if retry_at and st.now_rfc3339(now) < str(retry_at):
-        return status  # the endpoint asked for a pause; the next pass after it tries again
-    status["retryAt"] = None
     attempts = int(status.get("attempts", 0))
     server_id = status.get("serverJobId")
     if not server_id:
