@@ -74,8 +74,11 @@ class CacheVolumeCollector(Collector):
         yield family
 
 
-# Why queued work is dropped before it runs (queue.py).
-DROP_REASONS = ("cancelled", "deadline")
+# Why queued work is dropped before it runs (queue.py): its client went away, or it
+# waited past its deadline.
+DROP_CANCELLED = "cancelled"
+DROP_DEADLINE = "deadline"
+DROP_REASONS = (DROP_CANCELLED, DROP_DEADLINE)
 
 
 class ServerMetrics:

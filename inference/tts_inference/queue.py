@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tts_inference.engine.base import Audio, Engine, SynthesisRequest
-from tts_inference.metrics import DROP_REASONS, ServerMetrics
+from tts_inference.metrics import DROP_CANCELLED, DROP_DEADLINE, ServerMetrics
 
 log = logging.getLogger("tts_inference.queue")
 
@@ -132,9 +132,9 @@ class BatchQueue:
             while lane and len(batch) < self.max_batch:
                 item = lane.popleft()
                 if item.future.done():  # cancelled: the client went away
-                    self.metrics.dropped.labels(DROP_REASONS[0]).inc()
+                    self.metrics.dropped.labels(DROP_CANCELLED).inc()
                 elif item.deadline is not None and now > item.deadline:
-                    self.metrics.dropped.labels(DROP_REASONS[1]).inc()
+                    self.metrics.dropped.labels(DROP_DEADLINE).inc()
                     item.future.set_exception(
                         DeadlineExceeded("the request waited past its deadline")
                     )

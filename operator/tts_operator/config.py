@@ -10,6 +10,8 @@ import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tts_operator import constants as c
+
 ENV_PREFIX = "TTS_OPERATOR_"
 LOG_FORMATS = ("plain", "json")
 
@@ -30,7 +32,7 @@ class Settings:
     # installed, else a HorizontalPodAutoscaler), keda or hpa.
     autoscaler: str = "auto"
     # The Prometheus that KEDA's triggers query.
-    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    prometheus_url: str = c.DEFAULT_PROMETHEUS_URL
     extra: Mapping[str, str] = field(default_factory=dict)
 
 

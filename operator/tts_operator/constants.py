@@ -70,3 +70,7 @@ CACHE_MOUNT = "/cache"
 RUN_MOUNT = "/run/tts"
 MODEL_LINK = f"{RUN_MOUNT}/model"
 SERVER_PORT = 8000
+
+# The Prometheus that KEDA's triggers query, unless the operator is told another
+# (kube-prometheus-stack's in-cluster service).
+DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"

@@ -25,7 +25,7 @@ class BuildConfig:
     image: str = "tts-operator/inference:0.1.0"
     image_pull_policy: str = "IfNotPresent"
     # Where KEDA's Prometheus triggers read the endpoints' queue depth.
-    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    prometheus_url: str = c.DEFAULT_PROMETHEUS_URL
 
 
 # --------------------------------------------------------------------------- shared pieces
