@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -46,6 +45,9 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from tests.support.s3 import free_port
+from tts_operator.kube import Kind as OperatorKind
+
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ROOT / "tests" / "cluster" / "kwok-stages.yaml"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -58,12 +60,6 @@ EXIT_CODE_LABEL = "tts-test.kwok/exit-code"
 
 T = TypeVar("T")
 Body = dict[str, Any]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------------- certificates
@@ -629,16 +625,9 @@ def resolve(kind: str) -> tuple[str, str, bool]:
 
 
 def path(kind: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+    """The REST path of a kind (plural or Kind), built as the operator builds its own."""
     plural, gv, namespaced = resolve(kind)
-    out = f"/api/{gv}" if "/" not in gv else f"/apis/{gv}"
-    if namespaced and namespace:
-        out += f"/namespaces/{namespace}"
-    out += f"/{plural}"
-    if name:
-        out += f"/{name}"
-    if sub:
-        out += f"/{sub}"
-    return out
+    return OperatorKind(gv, plural, namespaced).path(namespace, name, sub)
 
 
 class Kube:
