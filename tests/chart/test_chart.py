@@ -209,6 +209,7 @@ def test_settings_reach_the_operator_as_env_it_parses() -> None:
             "peering": "tts",
             "endpointUrlTemplate": "http://{service}.{namespace}:{port}",
         },
+        "autoscaling": {"engine": "keda", "prometheusUrl": "http://prom.monitoring:9090"},
         "inference": {
             "image": {
                 "registry": "registry.example.com",
@@ -230,6 +231,8 @@ def test_settings_reach_the_operator_as_env_it_parses() -> None:
         image_pull_policy="Always",
         log_format="json",
         endpoint_url_template="http://{service}.{namespace}:{port}",
+        autoscaler="keda",
+        prometheus_url="http://prom.monitoring:9090",
     )
     defaults = config.parse([], _settings_env(render()))
     assert defaults.all_namespaces

@@ -201,8 +201,16 @@ def test_parts_without_a_claim_share_one_the_operator_makes_for_the_job() -> Non
     # ReadWriteOnce: the parts share one node; ReadWriteMany lets them spread.
     assert "podAffinity" in pod["affinity"]
     rwx = batch(parallelism=3)
-    rwx["spec"]["storage"]["cache"] = {"accessModes": ["ReadWriteMany"], "size": "40Gi"}
-    assert b.batch_cache_pvc(rwx)["spec"]["resources"]["requests"]["storage"] == "40Gi"  # type: ignore[index]
+    rwx["spec"]["storage"]["cache"] = {
+        "accessModes": ["ReadWriteMany"],
+        "size": "40Gi",
+        "storageClassName": "nfs",
+    }
+    rwx_claim = b.batch_cache_pvc(rwx)
+    assert rwx_claim is not None
+    assert rwx_claim["spec"]["resources"]["requests"]["storage"] == "40Gi"
+    assert rwx_claim["spec"]["storageClassName"] == "nfs"
+    assert rwx_claim["spec"]["accessModes"] == ["ReadWriteMany"]
     spread = b.batch_job(rwx, CONFIG)["spec"]["template"]["spec"]
     assert "podAffinity" not in spread.get("affinity", {})
 
