@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, File, Form, Header, Request, Response, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tts_inference import audio
@@ -22,6 +22,7 @@ from tts_inference.app import ServerState, error_response
 from tts_inference.errors import BadRequest
 from tts_inference.jobs import JobManager
 from tts_inference.protocol import (
+    ErrorResponse,
     JobRequest,
     JobStatus,
     ModelCard,
@@ -32,9 +33,25 @@ from tts_inference.protocol import (
     VoiceList,
 )
 from tts_inference.serving import SpeechService, StreamStats, cancel_on_disconnect
-from tts_inference.voices import VoiceStore, check_name
+from tts_inference.voices import DEFAULT, VoiceStore, check_name
 
-router = APIRouter()
+#: The statuses a /v1 route may answer besides its own, all in the one error shape.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "The request is invalid; the message says what and where."),
+        (401, "The API key is missing or wrong."),
+        (404, "No such voice or job."),
+        (409, "The request conflicts with what exists."),
+        (413, "The body or upload is over its limit."),
+        (429, "The queue is full; retry after Retry-After seconds."),
+        (499, "The client went away."),
+        (503, "Loading, draining or a dependency failed; retry after Retry-After seconds."),
+        (504, "The request waited past its deadline."),
+    )
+}
+
+router = APIRouter(responses=ERRORS)
 
 
 def _state(request: Request) -> ServerState:
@@ -81,7 +98,11 @@ async def readyz(request: Request) -> JSONResponse:
     return error_response(503, why, headers={"Retry-After": "5"})
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+)
 async def metrics(request: Request) -> Response:
     return Response(
         generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
@@ -93,26 +114,53 @@ async def models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(id=_state(request).settings.model_name)])
 
 
-@router.post("/v1/audio/speech", response_model=None)
+@router.post(
+    "/v1/audio/speech",
+    response_model=None,
+    responses={
+        200: {
+            "description": "The audio; with stream_format sse, text/event-stream of "
+            "speech.audio.delta events and a final speech.audio.done (or error) event.",
+            "content": {
+                **{ctype: {} for ctype in sorted(set(audio.CONTENT_TYPES.values()))},
+                "text/event-stream": {},
+            },
+        },
+    },
+)
 async def speech(body: SpeechRequest, request: Request) -> Response:
     service = _service(request)
     chunks, fmt = await service.prepare(body)
     started = time.monotonic()
-    content_type = audio.CONTENT_TYPES[fmt]
     metrics = _state(request).metrics
 
     def first_byte() -> None:
         metrics.first_byte_seconds.labels(fmt).observe(time.monotonic() - started)
 
-    if len(chunks) > 1 or body.stream_format == "audio":
+    if body.stream_format == "sse" or len(chunks) > 1 or body.stream_format == "audio":
         stats = StreamStats()
+        if body.stream_format == "sse":
+            pieces = service.events(chunks, fmt, first_byte, stats, len(body.input))
+            media_type = "text/event-stream"
+        else:
+            pieces = service.stream(chunks, fmt, first_byte, stats)
+            media_type = audio.CONTENT_TYPES[fmt]
+        # The first piece is awaited here, so a failure before any audio (a full queue, a
+        # failed first chunk) is an ordinary error status rather than a stream cut short.
+        first = await _first(pieces)
 
         async def body_iter() -> AsyncIterator[bytes]:
-            async for data in service.stream(chunks, fmt, first_byte, stats):
-                yield data
+            try:
+                if first is not None:
+                    yield first
+                    async for data in pieces:
+                        yield data
+            finally:
+                await pieces.aclose()
             service.record(fmt, stats.samples / service.engine.sample_rate, started)
 
-        return StreamingResponse(body_iter(), media_type=content_type)
+        headers = {"Cache-Control": "no-cache"} if body.stream_format == "sse" else None
+        return StreamingResponse(body_iter(), media_type=media_type, headers=headers)
 
     task = asyncio.ensure_future(service.synthesize(chunks))
     watcher = asyncio.ensure_future(cancel_on_disconnect(request.is_disconnected, task))
@@ -125,7 +173,18 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     data = await asyncio.to_thread(audio.encode, wave, service.engine.sample_rate, fmt)
     first_byte()
     service.record(fmt, len(wave) / service.engine.sample_rate, started)
-    return Response(data, media_type=content_type)
+    return Response(data, media_type=audio.CONTENT_TYPES[fmt])
+
+
+async def _first(pieces: AsyncGenerator[bytes, None]) -> bytes | None:
+    """The stream's first piece, or None when it has none; a failure closes the stream."""
+    try:
+        return await anext(pieces)
+    except StopAsyncIteration:
+        return None
+    except BaseException:
+        await pieces.aclose()
+        raise
 
 
 # --------------------------------------------------------------------------- voices
@@ -156,8 +215,11 @@ async def create_voice(
 
 @router.get("/v1/voices")
 async def list_voices(request: Request) -> VoiceList:
-    names = await asyncio.to_thread(_voices(request).names)
-    return VoiceList(data=[VoiceInfo(name=n, builtin=n == "default") for n in names])
+    store = _voices(request)
+    names = await asyncio.to_thread(store.names)
+    return VoiceList(
+        data=[VoiceInfo(name=n, builtin=n == DEFAULT, aliases=store.aliases_of(n)) for n in names]
+    )
 
 
 @router.get("/v1/voices/{name}", response_model=None)

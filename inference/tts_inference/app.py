@@ -19,7 +19,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +31,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tts_inference import __version__
 from tts_inference.engine.base import Engine, SynthesisParams, SynthesisRequest
-from tts_inference.errors import ApiError
+from tts_inference.errors import ApiError, error_status, error_type
 from tts_inference.jobs import JobManager, JobSettings
 from tts_inference.metrics import ServerMetrics
 from tts_inference.model_folder import CONFIG_NAME, known_names
 from tts_inference.objects import ObjectStore, S3Uri, bucket_client, parse_uri
 from tts_inference.protocol import error_payload
-from tts_inference.queue import BatchQueue, DeadlineExceeded, QueueFull
+from tts_inference.queue import BatchQueue
 from tts_inference.serving import Defaults, SpeechService
 from tts_inference.voices import Transcriber, VoiceLimits, VoiceStore
 
@@ -87,6 +87,8 @@ class ServerSettings:
     upload_attempts: int = 3
     retry_backoff: float = 1.0
     job_heartbeat_seconds: float = 10.0
+    # alias -> voice; None: OpenAI's voice names speak with the built-in voice.
+    voice_aliases: Mapping[str, str] | None = None
 
     def records_uri(self) -> S3Uri | None:
         """Where job records live: --jobs-uri, else jobs/ beside the voices prefix."""
@@ -175,13 +177,10 @@ def default_transcriber(settings: ServerSettings) -> Transcriber | None:
 def error_response(
     status: int, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    type_ = "invalid_request_error" if status < 500 else "server_error"
-    if status == 401:
-        type_ = "authentication_error"
-    elif status == 429:
-        type_ = "rate_limit_error"
     return JSONResponse(
-        error_payload(message, type_=type_, param=param), status_code=status, headers=headers
+        error_payload(message, type_=error_type(status), param=param),
+        status_code=status,
+        headers=headers,
     )
 
 
@@ -318,6 +317,7 @@ def _voices_and_objects(
         limits=VoiceLimits(
             max_upload_bytes=settings.max_upload_bytes, max_seconds=settings.max_voice_seconds
         ),
+        aliases=settings.voice_aliases,
     )
     return voices, objects
 
@@ -455,21 +455,13 @@ def build_app(
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"Retry-After": "5"} if exc.status in (429, 503) else None
+        headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
         return error_response(exc.status, str(exc), param=exc.param, headers=headers)
-
-    @app.exception_handler(QueueFull)
-    async def on_queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-        return error_response(429, str(exc), headers={"Retry-After": "1"})
-
-    @app.exception_handler(DeadlineExceeded)
-    async def on_deadline(request: Request, exc: DeadlineExceeded) -> JSONResponse:
-        return error_response(504, f"{exc}; the server is overloaded, retry later")
 
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("request failed: %s: %s", type(exc).__name__, exc)
-        return error_response(500, f"synthesis failed: {type(exc).__name__}: {exc}")
+        return error_response(*error_status(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

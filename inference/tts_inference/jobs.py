@@ -83,7 +83,7 @@ from tts_inference.engine.base import (
     SynthesisRequest,
     Voice,
 )
-from tts_inference.errors import BadRequest, Unavailable
+from tts_inference.errors import BadRequest, QueueFull, Unavailable
 from tts_inference.metrics import JOB_STATES, ServerMetrics
 from tts_inference.objects import Head, ObjectError, ObjectStore, S3Uri, allowed_uri
 from tts_inference.protocol import (
@@ -92,7 +92,7 @@ from tts_inference.protocol import (
     JobRequest,
     JobStatus,
 )
-from tts_inference.queue import JOB, QueueFull
+from tts_inference.queue import JOB
 from tts_inference.serving import SpeechService, StreamJoiner
 from tts_inference.voices import DEFAULT, VoiceStore, valid_name
 

@@ -15,14 +15,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
-RESPONSE_FORMATS: tuple[str, ...] = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+from tts_inference.text import unicode_error
 
-MIN_SPEED = 0.3
-MAX_SPEED = 3.0
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+#: OpenAI's speed range; F5-TTS's speed divides the duration it gives each chunk.
+MIN_SPEED = 0.25
+MAX_SPEED = 4.0
+SSE_DEFAULT_FORMAT = "pcm"
+
+
+class VoiceId(BaseModel):
+    """The client's custom-voice object, ``{"id": name}``: the same as the name alone."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1, max_length=64, description="A registered voice or an alias.")
 
 
 class SpeechRequest(BaseModel):
@@ -32,26 +51,67 @@ class SpeechRequest(BaseModel):
         min_length=1, max_length=256, description="Any name; the endpoint serves one model."
     )
     input: str = Field(min_length=1, description="The text to speak.")
-    voice: str = Field(
-        min_length=1, max_length=64, description="A registered voice; 'default' always exists."
+    voice: Annotated[str, Field(min_length=1, max_length=64)] | VoiceId = Field(
+        description="A registered voice or an alias (OpenAI's names map to 'default' unless "
+        'the server maps them elsewhere), as a string or as {"id": name}.'
     )
     response_format: ResponseFormat = "mp3"
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
     instructions: str | None = Field(
-        None, description="Accepted for compatibility; F5-TTS takes style from the voice."
+        None,
+        description="Accepted for compatibility; F5-TTS takes its style from the reference "
+        "voice, so instructions do not change the audio.",
     )
-    stream_format: Literal["audio"] | None = Field(
-        None, description="Only raw audio streaming is offered."
+    stream_format: Literal["audio", "sse"] | None = Field(
+        None,
+        description="audio: raw audio chunks; sse: text/event-stream of speech.audio.delta "
+        "events (base64 audio, pcm unless response_format is given) and speech.audio.done.",
     )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     nfe_step: int | None = Field(None, ge=1, le=64)
     cfg_strength: float | None = Field(None, ge=0.0, le=10.0)
+
+    @field_validator("input")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        if why := unicode_error(value):
+            raise ValueError(f"{why}: send the text as valid UTF-8")
+        return value
+
+    @property
+    def voice_name(self) -> str:
+        return self.voice if isinstance(self.voice, str) else self.voice.id
+
+    @property
+    def audio_format(self) -> str:
+        """The format of the audio: as asked, or pcm for SSE events when none was asked."""
+        if self.stream_format == "sse" and "response_format" not in self.model_fields_set:
+            return SSE_DEFAULT_FORMAT
+        return self.response_format
 
     def ignored_fields(self) -> list[str]:
         extra = list((self.model_extra or {}).keys())
         if self.instructions:
             extra.append("instructions")
         return extra
+
+
+class SpeechUsage(BaseModel):
+    """What a speech stream used: text characters in, audio frames (of 256 samples) out."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class SpeechAudioDelta(BaseModel):
+    type: Literal["speech.audio.delta"] = "speech.audio.delta"
+    audio: str = Field(description="base64 of the next bytes of audio in the stream's format.")
+
+
+class SpeechAudioDone(BaseModel):
+    type: Literal["speech.audio.done"] = "speech.audio.done"
+    usage: SpeechUsage
 
 
 class ErrorBody(BaseModel):
@@ -63,6 +123,12 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class SpeechError(ErrorResponse):
+    """An SSE stream's last event when synthesis fails after the stream began."""
+
+    type: Literal["error"] = "error"
 
 
 def error_payload(
@@ -104,6 +170,9 @@ class VoiceInfo(BaseModel):
     sha256: str | None = None
     created_at: str | None = None
     builtin: bool = False
+    aliases: list[str] = Field(
+        default_factory=list, description="Other names that speak with this voice."
+    )
 
 
 class VoiceList(BaseModel):
@@ -193,6 +262,13 @@ class JobRequest(_JobModel):
     def voice_label(self) -> str:
         """The voice as a job's status names it: its name, or the reference clip's URI."""
         return self.voice if isinstance(self.voice, str) else self.voice.ref_audio
+
+    @field_validator("text")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        if value is not None and (why := unicode_error(value)):
+            raise ValueError(f"{why}: send the text as valid UTF-8")
+        return value
 
     @model_validator(mode="after")
     def _one_text(self) -> JobRequest:

@@ -22,20 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tts_inference.engine.base import Audio, Engine, SynthesisRequest
+from tts_inference.errors import DeadlineExceeded, QueueFull
 from tts_inference.metrics import DROP_CANCELLED, DROP_DEADLINE, ServerMetrics
 
 log = logging.getLogger("tts_inference.queue")
 
 LIVE = 0
 JOB = 1
-
-
-class QueueFull(Exception):
-    """The queue holds max_queue requests already; retry later."""
-
-
-class DeadlineExceeded(TimeoutError):
-    """The request waited longer than its deadline and was not run."""
 
 
 @dataclass

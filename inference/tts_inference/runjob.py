@@ -62,7 +62,7 @@ from tts_inference.objects import ObjectStore, bucket_client, parse_uri
 from tts_inference.protocol import JOB_FORMATS, JobRequest, JobStatus
 from tts_inference.queue import BatchQueue
 from tts_inference.serving import Defaults, SpeechService
-from tts_inference.voices import Transcriber, VoiceStore
+from tts_inference.voices import ALIASES_ENV, Transcriber, VoiceStore, parse_aliases
 
 log = logging.getLogger("tts_inference.runjob")
 
@@ -81,6 +81,14 @@ class RunJobError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _aliases() -> dict[str, str]:
+    """Voice aliases as the server takes them from its environment (OpenAI's names by default)."""
+    try:
+        return parse_aliases([os.environ.get(ALIASES_ENV, "")], ALIASES_ENV)
+    except ValueError as exc:
+        raise RunJobError(str(exc), EXIT_PERMANENT) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--job-id", required=True, help="NAMESPACE/NAME of the TTSJob (names the output)"
     )
-    parser.add_argument("--speed", type=float, help="speaking speed, 0.3 to 3 (default 1)")
+    parser.add_argument("--speed", type=float, help="speaking speed, 0.25 to 4 (default 1)")
     parser.add_argument("--nfe-step", type=int, help="flow-matching steps, 1 to 64 (default 32)")
     parser.add_argument("--cfg-strength", type=float, help="guidance strength (default 2)")
     parser.add_argument("--seed", type=int, help="seed of the first chunk; chunk i gets seed + i")
@@ -345,6 +353,7 @@ async def execute(args: argparse.Namespace) -> dict[str, Any]:
             objects=objects,
             metrics=metrics,
             transcriber=_transcriber(args) if not isinstance(req.voice, str) else None,
+            aliases=_aliases(),
         )
         max_queue = 64
         settings = JobSettings(

@@ -141,6 +141,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Whisper model folder for voice uploads without text (default: a "
         f"models/*whisper*/ folder in --cache-dir, if any; env {ASR_MODEL_DIR_ENV})",
     )
+    parser.add_argument(
+        "--voice-alias",
+        action="append",
+        default=[],
+        metavar="ALIAS=VOICE",
+        help="a request for ALIAS speaks with VOICE; repeat or comma-separate (also env "
+        "TTS_VOICE_ALIASES, which the flags override). OpenAI's voice names (alloy, ash, "
+        "... cedar) map to 'default' unless mapped here",
+    )
     bucket.add_argument(
         "--max-running-jobs", type=int, default=2, help="jobs synthesizing at once (default 2)"
     )
@@ -193,6 +202,13 @@ def run(args: argparse.Namespace) -> int:
     if args.concurrent_batches is not None and args.concurrent_batches < 1:
         print("error: --concurrent-batches must be >= 1", file=sys.stderr)
         return 2
+    from tts_inference.voices import ALIASES_ENV, parse_aliases
+
+    try:
+        aliases = parse_aliases([os.environ.get(ALIASES_ENV, ""), *args.voice_alias])
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if problem := model_dir_problem(args.model_dir, args.cache_dir):
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -220,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         asr_model_dir=args.asr_model_dir,
         max_running_jobs=args.max_running_jobs,
         max_upload_bytes=int(args.max_upload_mb * 1000 * 1000),
+        voice_aliases=aliases,
     )
     holder: list[DrainingServer] = []
     app = build_app(

@@ -10,18 +10,27 @@ before the rest is synthesized.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel
 
 from tts_inference import audio
 from tts_inference.engine.base import Audio, Engine, SynthesisParams, SynthesisRequest
-from tts_inference.errors import BadRequest
+from tts_inference.errors import BadRequest, error_status, error_type
 from tts_inference.metrics import ServerMetrics
-from tts_inference.protocol import SpeechRequest
+from tts_inference.protocol import (
+    SpeechAudioDelta,
+    SpeechAudioDone,
+    SpeechError,
+    SpeechRequest,
+    SpeechUsage,
+    error_payload,
+)
 from tts_inference.queue import LIVE, BatchQueue
 from tts_inference.voices import VoiceStore
 
@@ -38,6 +47,8 @@ __all__ = [
 log = logging.getLogger("tts_inference.serving")
 
 CROSS_FADE_SECONDS = 0.15
+#: Audio samples per mel frame: the unit of a speech stream's output tokens.
+FRAME_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -119,9 +130,9 @@ class SpeechService:
                 "(use the jobs API for long texts)",
                 param="input",
             )
-        voice = self.voices.cached(req.voice)
+        voice = self.voices.cached(req.voice_name)
         if voice is None:
-            voice = await asyncio.to_thread(self.voices.get, req.voice)
+            voice = await asyncio.to_thread(self.voices.get, req.voice_name)
         params = SynthesisParams(
             speed=req.speed,
             nfe_step=req.nfe_step or self.defaults.nfe_step,
@@ -130,10 +141,15 @@ class SpeechService:
             else req.cfg_strength,
             seed=req.seed,
         )
-        chunks = self.engine.split_text(text, voice, params) or [text]
+        chunks = self.engine.split_text(text, voice, params)
+        if not chunks:
+            raise BadRequest(
+                "input has nothing to speak: it holds only spaces and control characters",
+                param="input",
+            )
         if ignored := req.ignored_fields():
             log.info("ignoring fields this server does not use: %s", ", ".join(sorted(ignored)))
-        return [SynthesisRequest(chunk, voice, params) for chunk in chunks], req.response_format
+        return [SynthesisRequest(chunk, voice, params) for chunk in chunks], req.audio_format
 
     async def synthesize(self, chunks: list[SynthesisRequest]) -> Audio:
         """All chunks at once (best throughput), joined with the cross-fade."""
@@ -154,7 +170,7 @@ class SpeechService:
         fmt: str,
         on_first_byte: Callable[[], None],
         stats: StreamStats,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Encoded audio as each chunk is ready; the first chunk runs alone."""
         timeout = self.defaults.request_timeout
         first = self.queue.submit(chunks[0], priority=LIVE, timeout=timeout)
@@ -167,15 +183,17 @@ class SpeechService:
                 await first.started.wait()
                 items += [self.queue.submit(c, priority=LIVE, timeout=timeout) for c in chunks[1:]]
             for item in items:
-                wave = await item.future
-                stats.samples += len(wave)
-                data = encoder.feed(joiner.push(wave))
+                joined = joiner.push(await item.future)
+                stats.samples += len(joined)
+                data = encoder.feed(joined)
                 if data:
                     if not sent:
                         on_first_byte()
                         sent = True
                     yield data
-            data = encoder.feed(joiner.flush()) + encoder.close()
+            tail = joiner.flush()
+            stats.samples += len(tail)
+            data = encoder.feed(tail) + encoder.close()
             if data:
                 if not sent:
                     on_first_byte()
@@ -185,11 +203,46 @@ class SpeechService:
             for item in items:
                 item.future.cancel()
 
+    async def events(
+        self,
+        chunks: list[SynthesisRequest],
+        fmt: str,
+        on_first_byte: Callable[[], None],
+        stats: StreamStats,
+        input_tokens: int,
+    ) -> AsyncGenerator[bytes, None]:
+        """OpenAI's speech stream events: one speech.audio.delta per piece of encoded audio,
+        then speech.audio.done with usage; a failure once an event left is an error event.
+        """
+        began = False
+        try:
+            async for data in self.stream(chunks, fmt, on_first_byte, stats):
+                yield sse_event(SpeechAudioDelta(audio=base64.b64encode(data).decode("ascii")))
+                began = True
+        except Exception as exc:
+            if not began:
+                raise  # no event left yet: the caller answers with an error status
+            log.error("speech stream failed: %s: %s", type(exc).__name__, exc)
+            status, message = error_status(exc)
+            body = error_payload(message, type_=error_type(status))
+            yield sse_event(SpeechError(**body))
+            return
+        frames = stats.samples // FRAME_SAMPLES
+        usage = SpeechUsage(
+            input_tokens=input_tokens, output_tokens=frames, total_tokens=input_tokens + frames
+        )
+        yield sse_event(SpeechAudioDone(usage=usage))
+
     def record(self, fmt: str, wave_seconds: float, started: float) -> None:
         elapsed = time.monotonic() - started
         self.metrics.audio_seconds.labels(fmt).inc(wave_seconds)
         if wave_seconds > 0:
             self.metrics.rtf.observe(elapsed / wave_seconds)
+
+
+def sse_event(event: BaseModel) -> bytes:
+    """One server-sent event: its JSON on one data line, then a blank line."""
+    return b"data: " + event.model_dump_json().encode() + b"\n\n"
 
 
 async def cancel_on_disconnect(

@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,34 @@ PROBE_RATE = 2000  # the cheap first decode that measures the duration
 
 #: A speech recogniser: (24 kHz mono float32 audio, sample rate) -> transcript.
 Transcriber = Callable[[Audio, int], str]
+
+
+#: The environment variable the server and run-job read voice aliases from.
+ALIASES_ENV = "TTS_VOICE_ALIASES"
+#: OpenAI's built-in voice names: an unchanged OpenAI program asks for these.
+OPENAI_VOICES = (
+    "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx",
+    "nova", "sage", "shimmer", "verse", "marin", "cedar",
+)  # fmt: skip
+
+
+def default_aliases() -> dict[str, str]:
+    """Each OpenAI voice name speaks with the built-in voice until mapped elsewhere."""
+    return dict.fromkeys(OPENAI_VOICES, DEFAULT)
+
+
+def parse_aliases(specs: Iterable[str], param: str = "--voice-alias") -> dict[str, str]:
+    """``alias=voice`` items (also comma-separated) over the defaults; ValueError names the bad one."""
+    aliases = default_aliases()
+    for spec in specs:
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            alias, sep, voice = (s.strip() for s in item.partition("="))
+            if not sep or not valid_name(alias) or not valid_name(voice):
+                raise ValueError(f"{param} {item!r}: expected ALIAS=VOICE, each {NAME_RULE}")
+            if alias == DEFAULT:
+                raise ValueError(f"{param} {item!r}: 'default' is the built-in voice's own name")
+            aliases[alias] = voice
+    return aliases
 
 
 def valid_name(name: str) -> bool:
@@ -130,6 +158,7 @@ class VoiceStore:
         limits: VoiceLimits | None = None,
         lock_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
         if remote is not None and (objects is None or voices_dir is None):
             raise ValueError("a voices bucket needs an ObjectStore and a local voices folder")
@@ -141,6 +170,8 @@ class VoiceStore:
         self.limits = limits or VoiceLimits()
         self.lock_dir = lock_dir or (voices_dir.parent / ".locks" if voices_dir else None)
         self.clock = clock
+        #: alias -> voice: a request for the alias speaks with the voice.
+        self.aliases: dict[str, str] = default_aliases() if aliases is None else dict(aliases)
         self._memory: OrderedDict[str, _Entry] = OrderedDict()
         self._holds: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -168,8 +199,16 @@ class VoiceStore:
                         names.add(parts[0])
         return sorted(names)
 
+    def resolve(self, name: str) -> str:
+        """The voice a name speaks with: an alias's voice, else the name itself."""
+        return self.aliases.get(name, name)
+
+    def aliases_of(self, name: str) -> list[str]:
+        return sorted(alias for alias, voice in self.aliases.items() if voice == name)
+
     def cached(self, name: str) -> Voice | None:
         """The voice when it is in memory and needs no check against the bucket; never blocks."""
+        name = self.resolve(name)
         with self._lock:
             entry = self._memory.get(name)
             if entry is None or self._needs_check(entry):
@@ -179,11 +218,28 @@ class VoiceStore:
         return entry.voice
 
     def get(self, name: str) -> Voice:
-        """The voice by name, fetched from the bucket once if the cache lacks it; 404 if none."""
-        return self._load(name).voice
+        """The voice by name or alias, fetched from the bucket once if the cache lacks it; 404 if none."""
+        return self._load_named(name).voice
 
     def info(self, name: str) -> dict[str, Any]:
-        return dict(self._load(name).info)
+        entry = self._load_named(name)
+        return {**entry.info, "aliases": self.aliases_of(str(entry.info["name"]))}
+
+    def _load_named(self, name: str) -> _Entry:
+        voice = self.resolve(name)
+        if voice == name:
+            return self._load(name)
+        try:
+            return self._load(voice)
+        except BadRequest as exc:
+            if exc.status != 404:
+                raise
+            raise BadRequest(
+                f"voice {name!r} is an alias of {voice!r}, which does not exist; register "
+                f"{voice!r} or map {name!r} to another voice; available: {', '.join(self.names())}",
+                param="voice",
+                status=404,
+            ) from None
 
     def _needs_check(self, entry: _Entry) -> bool:
         return (
@@ -616,6 +672,13 @@ class VoiceStore:
         check_name(name)
         if name == DEFAULT:
             raise BadRequest("voice 'default' is built in; choose another name", "name", 409)
+        if name in self.aliases:
+            raise BadRequest(
+                f"{name!r} is an alias of voice {self.aliases[name]!r}; choose another name, "
+                f"or register the voice under another name and map {name!r} to it",
+                "name",
+                409,
+            )
         if self.voices_dir is None:
             raise BadRequest(
                 "this server stores no voices: start it with --cache-dir (and --voices-uri)",
@@ -694,6 +757,12 @@ class VoiceStore:
         check_name(name)
         if name == DEFAULT:
             raise BadRequest("voice 'default' is built in and cannot be deleted", "name")
+        if name in self.aliases:
+            raise BadRequest(
+                f"{name!r} is an alias of voice {self.aliases[name]!r}, not a voice of its own; "
+                "aliases are set by the server's configuration",
+                "name",
+            )
         with self._name_lock(name):
             with self._lock:
                 users = self._holds[name]
@@ -724,6 +793,7 @@ class VoiceStore:
     @contextlib.contextmanager
     def hold(self, name: str) -> Iterator[None]:
         """Mark a voice in use (by a job) for the block: deleting it meanwhile is refused."""
+        name = self.resolve(name)
         with self._lock:
             self._holds[name] += 1
         try:

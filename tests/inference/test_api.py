@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -154,13 +155,13 @@ def _error(resp: httpx.Response) -> str:
         ),
         (
             "speed-too-fast",
-            {"json": {"model": "fake", "input": "hi", "voice": "default", "speed": 10}},
+            {"json": {"model": "fake", "input": "hi", "voice": "default", "speed": 4.01}},
             400,
             "speed",
         ),
         (
             "speed-too-slow",
-            {"json": {"model": "fake", "input": "hi", "voice": "default", "speed": 0.1}},
+            {"json": {"model": "fake", "input": "hi", "voice": "default", "speed": 0.24}},
             400,
             "speed",
         ),
@@ -188,10 +189,31 @@ def _error(resp: httpx.Response) -> str:
             "not valid JSON",
         ),
         (
-            "sse-streaming",
-            {"json": {"model": "fake", "input": "hi", "voice": "default", "stream_format": "sse"}},
+            "unknown-stream-format",
+            {"json": {"model": "fake", "input": "hi", "voice": "default", "stream_format": "ws"}},
             400,
             "stream_format",
+        ),
+        (
+            "lone-surrogate",
+            {
+                "content": b'{"model": "fake", "input": "a \\ud800 b", "voice": "default"}',
+                "headers": {"content-type": "application/json"},
+            },
+            400,
+            "unicode",
+        ),
+        (
+            "only-control-characters",
+            {"json": {"model": "fake", "input": "\u0000\u0007\t", "voice": "default"}},
+            400,
+            "nothing to speak",
+        ),
+        (
+            "voice-object-without-id",
+            {"json": {"model": "fake", "input": "hi", "voice": {"name": "default"}}},
+            400,
+            "voice",
         ),
     ],
 )
@@ -340,3 +362,39 @@ def test_stream_joiner_matches_the_whole_crossfade() -> None:
     joiner = StreamJoiner(24000)
     streamed = np.concatenate([*(joiner.push(c) for c in chunks), joiner.flush()])
     np.testing.assert_allclose(streamed, audio.crossfade(chunks, 24000), atol=1e-6)
+
+
+def _sse(resp: httpx.Response) -> list[dict[str, object]]:
+    lines = [line for line in resp.text.split("\n") if line]
+    assert all(line.startswith("data: ") for line in lines), lines
+    return [json.loads(line[len("data: ") :]) for line in lines]
+
+
+def test_sse_failure_after_the_first_event_is_an_error_event_and_before_it_a_status() -> None:
+    engine = FakeEngine(fail_on="boom", max_chars=25)
+    with running(engine) as base:
+        wait_ready(base)
+        body = {"model": "m", "voice": "alloy", "stream_format": "sse"}
+        late = httpx.post(
+            f"{base}/v1/audio/speech",
+            json={**body, "input": "First sentence here. Then boom happens."},
+            timeout=30,
+        )
+        assert late.status_code == 200
+        *deltas, last = _sse(late)
+        assert deltas
+        assert [e["type"] for e in deltas] == ["speech.audio.delta"] * len(deltas)
+        assert last["type"] == "error"
+        error = last["error"]
+        assert isinstance(error, dict)
+        assert error["type"] == "server_error"
+        assert "FakeEngineFailure" in str(error["message"])
+
+        early = httpx.post(
+            f"{base}/v1/audio/speech", json={**body, "input": "boom at once."}, timeout=30
+        )
+        assert early.status_code == 500
+        assert early.headers["content-type"] == "application/json"
+        assert "FakeEngineFailure" in _error(early)
+        ok = httpx.post(f"{base}/v1/audio/speech", json={**body, "input": "Fine."}, timeout=30)
+        assert _sse(ok)[-1]["type"] == "speech.audio.done"

@@ -29,6 +29,7 @@ from tts_inference import audio
 from tts_inference.cache.sync import file_lock
 from tts_inference.engine.fake import FakeEngine
 from tts_inference.jobs import RESULT_SUFFIX, job_id_for
+from tts_inference.voices import parse_aliases
 
 BUCKET = "tts-api"
 OUT = "tts-api-out"
@@ -194,6 +195,56 @@ def test_default_voice_is_always_there_and_cannot_be_replaced_or_deleted(
     refused = httpx.delete(f"{url}/v1/voices/default")
     assert refused.status_code == 400
     assert "built in" in _error(refused)
+
+
+def test_an_alias_speaks_with_the_voice_it_maps_to_in_speech_and_jobs(
+    bucket: S3Server, reference: tuple[str, bytes], tmp_path: Path
+) -> None:
+    engine = FakeEngine()
+    aliases = parse_aliases(["alloy=narrator", "echo=default,house=narrator"])
+    with running(engine, **settings(tmp_path, voice_aliases=aliases)) as base:
+        wait_ready(base)
+        # Before narrator exists, the alias says what it maps to and how to fix it.
+        missing = httpx.post(
+            f"{base}/v1/audio/speech", json={"model": "m", "input": "Hi.", "voice": "alloy"}
+        )
+        assert missing.status_code == 404
+        assert "alias of 'narrator', which does not exist" in _error(missing)
+        assert upload(base, "narrator", reference[1], reference[0]).status_code == 201
+        taken = upload(base, "alloy", reference[1], reference[0])
+        assert taken.status_code == 409
+        assert "alias of voice 'narrator'" in _error(taken)
+        assert httpx.delete(f"{base}/v1/voices/house").status_code == 400
+
+        for voice in ("alloy", {"id": "house"}):
+            resp = httpx.post(
+                f"{base}/v1/audio/speech",
+                json={"model": "m", "input": "Hi.", "voice": voice, "response_format": "pcm"},
+            )
+            assert resp.status_code == 200, resp.text
+            assert engine.requests[-1].voice.name == "narrator"
+        listed = {v["name"]: v["aliases"] for v in httpx.get(f"{base}/v1/voices").json()["data"]}
+        assert listed["narrator"] == ["alloy", "house"]
+        assert "echo" in listed["default"]
+        assert "alloy" not in listed["default"]
+
+        job = post_job(
+            base,
+            {
+                "text": "A job in an alias.",
+                "voice": "house",
+                "output": {"uri": f"s3://{OUT}/alias.wav"},
+            },
+        )
+        assert job.status_code == 202, job.text
+        assert wait_job(base, job.json()["id"])["state"] == "succeeded"
+        assert engine.requests[-1].voice.name == "narrator"
+
+
+@pytest.mark.parametrize("spec", ["alloy", "alloy=", "=narrator", "alloy=../x", "default=narrator"])
+def test_a_bad_alias_is_refused_with_its_name(spec: str) -> None:
+    with pytest.raises(ValueError, match="--voice-alias"):
+        parse_aliases([spec])
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tts_inference.text import split_text
+
 SAMPLE_RATE = 24_000
 
 Audio = npt.NDArray[np.float32]
@@ -77,8 +79,17 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
+    def chunk_budget(self, voice: Voice, params: SynthesisParams) -> int:
+        """The most UTF-8 bytes of text one chunk may hold in this voice at these params.
+
+        Within it the model speaks well and never exceeds what it can take.
+        """
+
     def split_text(self, text: str, voice: Voice, params: SynthesisParams) -> list[str]:
-        """Split long text into chunks the model speaks well (as F5-TTS does)."""
+        """Any text in chunks of at most the budget (the one splitter, ``text.split_text``)."""
+        if not text.strip():
+            return []
+        return split_text(text, self.chunk_budget(voice, params))
 
     def warmup(self, voice: Voice) -> None:
         """One short synthesis so the first real request pays no first-call costs."""

@@ -72,6 +72,7 @@ from tts_inference.engine.base import (
 from tts_inference.engine.f5_package import import_f5
 from tts_inference.model_folder import BACKBONES as BACKBONE_MODULES
 from tts_inference.model_folder import ModelFolderError, open_folder
+from tts_inference.text import MIN_BUDGET, size
 
 # f5-tts's own modules, imported without f5_tts/model/__init__.py (its Trainer pulls in
 # wandb and datasets, which the inference image leaves out): see engine/f5_package.py.
@@ -101,6 +102,11 @@ SHORT_TEXT_BYTES = 10
 SHORT_TEXT_SPEED = 0.3
 #: CFM.sample's default cap on a sequence's frames.
 MAX_DURATION = 65536
+#: Audio samples per mel frame until a model's config says otherwise (every F5-TTS config).
+DEFAULT_HOP_LENGTH = 256
+#: convert_char_to_pinyin makes at most this many text tokens per UTF-8 byte (a space
+#: before each multi-letter word or Chinese syllable).
+TOKENS_PER_BYTE = 2
 #: CFM's sampler as load_model builds it.
 ODE_METHOD = "euler"
 
@@ -301,6 +307,10 @@ class F5Engine(Engine):
         self._config: dict[str, Any] | None = None
         self._model: Any = None
         self._vocoder: Any = None
+        # What one sampling run can take, read from the model at load: mel frames per
+        # item (the text embedding's positions) and audio samples per frame.
+        self._max_frames = MAX_DURATION
+        self._hop_length = DEFAULT_HOP_LENGTH
 
     @property
     def device(self) -> str:
@@ -386,6 +396,10 @@ class F5Engine(Engine):
             for block in _blocks(model.transformer):
                 block.register_forward_pre_hook(self._on_block)
         self._config = config
+        self._hop_length = int(mel["hop_length"])
+        self._max_frames = min(
+            MAX_DURATION, int(getattr(transformer.text_embed, "precompute_max_pos", MAX_DURATION))
+        )
         self._model = model.eval()
         self._vocoder = vocoder
 
@@ -414,19 +428,23 @@ class F5Engine(Engine):
 
     # synthesis
 
-    def split_text(self, text: str, voice: Voice, params: SynthesisParams) -> list[str]:
-        """infer_process's chunking: about 22 s of reference + chunk per chunk, at sentence ends."""
-        if not text.strip():
-            return []
+    def chunk_budget(self, voice: Voice, params: SynthesisParams) -> int:
+        """infer_process's budget (reference + chunk last about 22 s at the reference's pace),
+        capped by what one run can take: the text embedding's positions bound both a chunk's
+        frames (reference included) and its text tokens, so no text can overrun them.
+        """
         ref_text = reference_text(voice.text)
+        ref_bytes = size(ref_text)
         seconds = len(voice.audio) / SAMPLE_RATE
         if seconds <= 0:
             raise ValueError(f"voice {voice.name!r} has no reference audio")
-        max_chars = int(
-            len(ref_text.encode("utf-8")) / seconds * (MAX_SECONDS - seconds) * params.speed
-        )
-        chunks: list[str] = utils_infer.chunk_text(text, max_chars=max_chars)
-        return chunks
+        speed = params.speed
+        quality = int(ref_bytes / seconds * (MAX_SECONDS - seconds) * speed)
+        ref_frames = max(1, len(voice.audio) // self._hop_length)
+        room = self._max_frames - ref_frames - 1
+        frames = int(room * ref_bytes / ref_frames * speed)
+        tokens = (room - TOKENS_PER_BYTE * ref_bytes) // TOKENS_PER_BYTE
+        return max(MIN_BUDGET, min(quality, frames, tokens))
 
     def synthesize_batch(self, requests: Sequence[SynthesisRequest]) -> list[Audio]:
         if not requests:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -112,15 +111,9 @@ class FakeEngine(Engine):
             out.append((0.1 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32))
         return out
 
-    def split_text(self, text: str, voice: Voice, params: SynthesisParams) -> list[str]:
-        """Sentences packed into chunks of at most ``max_chars`` (a long sentence stays whole)."""
-        chunks: list[str] = []
-        for sentence in re.split(r"(?<=[.!?;:,])\s+", text.strip()):
-            if chunks and len(chunks[-1]) + 1 + len(sentence) <= self.max_chars:
-                chunks[-1] += " " + sentence
-            elif sentence:
-                chunks.append(sentence)
-        return chunks
+    def chunk_budget(self, voice: Voice, params: SynthesisParams) -> int:
+        """``max_chars`` bytes of text per chunk, whatever the voice and speed."""
+        return self.max_chars
 
     def info(self) -> dict[str, Any]:
         return {"device": self.device, "model": "fake", "dtype": "float32", "attn_backend": "none"}
