@@ -7,8 +7,9 @@ person can still override one setting on the command line.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tts_operator import constants as c
 
@@ -33,10 +34,30 @@ class Settings:
     autoscaler: str = "auto"
     # The Prometheus that KEDA's triggers query.
     prometheus_url: str = c.DEFAULT_PROMETHEUS_URL
-    extra: Mapping[str, str] = field(default_factory=dict)
+    # Voice aliases every endpoint's server gets (alias, voice), under each endpoint's own.
+    voice_aliases: tuple[tuple[str, str], ...] = ()
 
 
 AUTOSCALERS = ("auto", "keda", "hpa")
+
+
+_VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def parse_voice_aliases(raw: str) -> tuple[tuple[str, str], ...]:
+    """``alias=voice,...`` as pairs; ValueError names the item that is not one."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        alias, sep, voice = (s.strip() for s in item.partition("="))
+        if not sep or not _VOICE_NAME.match(alias) or not _VOICE_NAME.match(voice):
+            raise ValueError(
+                f"voice alias {item!r}: expected ALIAS=VOICE, names of 1 to 64 "
+                "letters, digits, '-' or '_'"
+            )
+        if alias == "default":
+            raise ValueError(f"voice alias {item!r}: 'default' is the built-in voice's own name")
+        pairs[alias] = voice
+    return tuple(sorted(pairs.items()))
 
 
 def _bool(value: str) -> bool:
@@ -105,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Prometheus KEDA's triggers query (env TTS_OPERATOR_PROMETHEUS_URL)",
     )
     parser.add_argument(
+        "--voice-aliases",
+        metavar="ALIAS=VOICE,...",
+        help="voice aliases every endpoint's server gets; an endpoint's spec.voiceAliases "
+        "wins per alias (env TTS_OPERATOR_VOICE_ALIASES)",
+    )
+    parser.add_argument(
         "--endpoint-url-template",
         help="how to reach an endpoint's API (default http://{service}.{namespace}.svc:{port})",
     )
@@ -160,8 +187,13 @@ def parse(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
         parser.error(
             f"{ENV_PREFIX}AUTOSCALER={autoscaler!r} is not one of {', '.join(AUTOSCALERS)}"
         )
+    try:
+        voice_aliases = parse_voice_aliases(args.voice_aliases or from_env("VOICE_ALIASES") or "")
+    except ValueError as exc:
+        parser.error(str(exc))
     return Settings(
         namespaces=namespaces,
+        voice_aliases=voice_aliases,
         autoscaler=autoscaler,
         prometheus_url=args.prometheus_url or from_env("PROMETHEUS_URL") or defaults.prometheus_url,
         all_namespaces=all_ns,

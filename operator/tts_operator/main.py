@@ -40,6 +40,7 @@ def _build_config(memo: kopf.Memo) -> BuildConfig:
         image=s.inference_image,
         image_pull_policy=s.image_pull_policy,
         prometheus_url=s.prometheus_url,
+        voice_aliases=s.voice_aliases,
     )
 
 

@@ -216,7 +216,8 @@ def test_settings_reach_the_operator_as_env_it_parses() -> None:
                 "repository": "ml/tts-inference",
                 "tag": "1.2.3",
                 "pullPolicy": "Always",
-            }
+            },
+            "voiceAliases": {"echo": "anna", "alloy": "narrator"},
         },
     }
     env = _settings_env(render(values))
@@ -233,6 +234,7 @@ def test_settings_reach_the_operator_as_env_it_parses() -> None:
         endpoint_url_template="http://{service}.{namespace}:{port}",
         autoscaler="keda",
         prometheus_url="http://prom.monitoring:9090",
+        voice_aliases=(("alloy", "narrator"), ("echo", "anna")),
     )
     defaults = config.parse([], _settings_env(render()))
     assert defaults.all_namespaces
@@ -577,6 +579,16 @@ BAD_VALUES = [
         "networkPolicy.egress.apiServerCIDRs",
         ["10.0.0.1"],
         "apiServerCIDRs.0: Does not match pattern",
+    ),
+    (
+        "inference.voiceAliases",
+        {"default": "narrator"},
+        'Property name of "default" does not match',
+    ),
+    (
+        "inference.voiceAliases",
+        {"alloy": "../x"},
+        "inference.voiceAliases.alloy: Does not match pattern",
     ),
     (
         "imagePullSecrets",

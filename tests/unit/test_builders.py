@@ -399,6 +399,24 @@ def test_api_key_reaches_the_server_from_its_secret() -> None:
     assert "nvidia.com/gpu" not in json.dumps(server["resources"])
 
 
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_voice_aliases_reach_the_server_the_endpoints_over_the_operators() -> None:
+    config = b.BuildConfig(voice_aliases=(("alloy", "narrator"), ("echo", "anna")))
+    ep = endpoint(voiceAliases={"alloy": "bob", "nova": "anna"})
+    server = b.deployment(ep, config, cache_ready=True)["spec"]["template"]["spec"]
+    assert _env(server["containers"][0])["TTS_VOICE_ALIASES"] == ("alloy=bob,echo=anna,nova=anna")
+    # The server's own defaults (OpenAI's names to the built-in voice) need no env.
+    bare = endpoint()
+    bare["spec"].pop("voiceAliases", None)
+    plain = b.deployment(bare, CONFIG, cache_ready=True)["spec"]["template"]["spec"]
+    assert "TTS_VOICE_ALIASES" not in _env(plain["containers"][0])
+    pod = b.batch_job(batch(), config)["spec"]["template"]["spec"]
+    assert _env(pod["containers"][0])["TTS_VOICE_ALIASES"] == "alloy=narrator,echo=anna"
+
+
 def test_spec_change_rolls_the_pods_and_nothing_else_does() -> None:
     ep = endpoint()
     base = b.deployment(ep, CONFIG, cache_ready=True)

@@ -48,6 +48,13 @@ def test_autoscaler_and_prometheus_from_env_or_flags() -> None:
     assert config.parse(["-A"], {}).autoscaler == "auto"
 
 
+def test_voice_aliases_from_env_or_flag() -> None:
+    env = {"TTS_OPERATOR_VOICE_ALIASES": "echo=anna, alloy=narrator"}
+    assert config.parse(["-A"], env).voice_aliases == (("alloy", "narrator"), ("echo", "anna"))
+    assert config.parse(["-A", "--voice-aliases", "nova=x"], env).voice_aliases == (("nova", "x"),)
+    assert config.parse(["-A"], {}).voice_aliases == ()
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "needle"),
     [
@@ -62,6 +69,8 @@ def test_autoscaler_and_prometheus_from_env_or_flags() -> None:
         ),
         (["-A"], {"TTS_OPERATOR_AUTOSCALER": "vpa"}, "TTS_OPERATOR_AUTOSCALER='vpa' is not one of"),
         (["-A", "--autoscaler", "vpa"], {}, "invalid choice"),
+        (["-A", "--voice-aliases", "alloy"], {}, "expected ALIAS=VOICE"),
+        (["-A"], {"TTS_OPERATOR_VOICE_ALIASES": "default=x"}, "built-in voice's own name"),
     ],
 )
 def test_bad_settings_exit_with_a_message(

@@ -110,6 +110,9 @@ TTS_OPERATOR_PEERING: {{ . | quote }}
 {{- end }}
 TTS_OPERATOR_AUTOSCALER: {{ .Values.autoscaling.engine | quote }}
 TTS_OPERATOR_PROMETHEUS_URL: {{ .Values.autoscaling.prometheusUrl | quote }}
+{{- with .Values.inference.voiceAliases }}
+TTS_OPERATOR_VOICE_ALIASES: {{ include "tts-operator.voiceAliases" . | quote }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -156,4 +159,15 @@ Labels of `helm test`'s pod (the NetworkPolicy lets it in).
 */}}
 {{- define "tts-operator.testSelectorLabels" -}}
 tts.f5tts.dev/helm-test: {{ include "tts-operator.fullname" . | quote }}
+{{- end }}
+
+{{/*
+Voice aliases as the operator reads them: alias=voice pairs, comma-separated, sorted.
+*/}}
+{{- define "tts-operator.voiceAliases" -}}
+{{- $pairs := list -}}
+{{- range $alias := keys . | sortAlpha -}}
+{{- $pairs = append $pairs (printf "%s=%s" $alias (index $ $alias)) -}}
+{{- end -}}
+{{- join "," $pairs -}}
 {{- end }}

@@ -16,6 +16,7 @@ from tts_operator.builders.meta import Obj, child_name, metadata, selector_label
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
 OPTIONAL_SECRET_KEYS = {"AWS_ENDPOINT_URL", "AWS_REGION"}
 DEFAULT_CACHE_SIZE = "20Gi"
+VOICE_ALIASES_ENV = "TTS_VOICE_ALIASES"
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class BuildConfig:
     image_pull_policy: str = "IfNotPresent"
     # Where KEDA's Prometheus triggers read the endpoints' queue depth.
     prometheus_url: str = c.DEFAULT_PROMETHEUS_URL
+    # (alias, voice) pairs every server gets; an endpoint's spec.voiceAliases wins per alias.
+    voice_aliases: tuple[tuple[str, str], ...] = ()
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -295,6 +298,12 @@ def server_selector(endpoint: Obj) -> dict[str, str]:
     return selector_labels(endpoint["metadata"]["name"], c.COMPONENT_SERVER, endpoint["kind"])
 
 
+def voice_aliases(spec: Obj, config: BuildConfig) -> str:
+    """The server's voice aliases: the operator's, then the endpoint's own over them."""
+    aliases = {**dict(config.voice_aliases), **spec.get("voiceAliases", {})}
+    return ",".join(f"{alias}={voice}" for alias, voice in sorted(aliases.items()))
+
+
 def serve_command(spec: Obj) -> list[str]:
     inference = spec.get("inference", {})
     cmd = [
@@ -353,6 +362,8 @@ def deployment(endpoint: Obj, config: BuildConfig, *, cache_ready: bool) -> Obj:
         )
     if spec.get("voicesSource"):
         env_extra.append({"name": "TTS_VOICES_URI", "value": spec["voicesSource"]})
+    if aliases := voice_aliases(spec, config):
+        env_extra.append({"name": VOICE_ALIASES_ENV, "value": aliases})
     probe = {"httpGet": {"path": "/readyz", "port": "http"}}
     server = _container(
         "server",
@@ -691,6 +702,8 @@ def batch_job(job: Obj, config: BuildConfig, claim_modes: list[str] | None = Non
         secret,
         resources=_resources(spec),
     )
+    if aliases := voice_aliases({}, config):
+        runner["env"] = [*runner["env"], {"name": VOICE_ALIASES_ENV, "value": aliases}]
     meta = metadata(job, batch_job_name(job), c.COMPONENT_JOB)
     pod_spec: Obj = {
         "restartPolicy": "Never",
