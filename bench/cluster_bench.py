@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,20 +31,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe, machine  # noqa: E402
 from tests.cluster import build  # noqa: E402
 from tests.support.cluster import ControlPlane, install_crds, project_crds  # noqa: E402
-
-
-def cpu() -> dict[str, Any]:
-    model, flags = platform.processor(), []
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "avx_vnni", "avx512_vnni")
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
 
 
 def warm_build() -> float:
@@ -97,7 +85,7 @@ def main() -> int:
     parser.add_argument("--cold", action="store_true", help="also time a cold build (minutes)")
     args = parser.parse_args()
 
-    report: dict[str, Any] = {"cpu": cpu(), "key": build.key(), "go": build.go_version()}
+    report: dict[str, Any] = {"cpu": machine(), "key": build.key(), "go": build.go_version()}
     build.ensure()
     report["warm_build_seconds"] = round(warm_build(), 2)
     if args.cold:
@@ -112,9 +100,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "cluster.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    print(
-        f"CPU: {report['cpu']['model']} ({report['cpu']['cores']} cores, {' '.join(report['cpu']['flags'])})"
-    )
+    print(f"CPU: {describe(report['cpu'])}")
     print("| what | seconds |\n|---|---:|")
     if "cold_build_seconds" in report:
         print(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import signal
 import socket
@@ -44,6 +43,7 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine  # noqa: E402
 from tests.cluster import build  # noqa: E402
 from tests.operator.conftest import apply_chart_rbac  # noqa: E402
 from tests.support.cluster import ControlPlane, Kube, install_crds, project_crds  # noqa: E402
@@ -128,20 +128,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), "")
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
-    return {
-        "cpu": model,
-        "cpus": len(os.sched_getaffinity(0)),
-        "memory_gb": round(total_kb / 2**20, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
 
 
 def read_audit(path: Path, user: str) -> list[dict[str, Any]]:

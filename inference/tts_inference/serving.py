@@ -142,6 +142,9 @@ class SpeechService:
             seed=req.seed,
         )
         chunks = self.engine.split_text(text, voice, params)
+        if len(chunks) > 1 or req.stream_format is not None:
+            # Streamed: a short first chunk, so the first audio leaves early.
+            chunks = self.engine.split_text(text, voice, params, stream=True)
         if not chunks:
             raise BadRequest(
                 "input has nothing to speak: it holds only spaces and control characters",
@@ -171,19 +174,25 @@ class SpeechService:
         on_first_byte: Callable[[], None],
         stats: StreamStats,
     ) -> AsyncGenerator[bytes, None]:
-        """Encoded audio as each chunk is ready; the first chunk runs alone."""
+        """Encoded audio as each chunk is ready.
+
+        The first chunk runs alone, and the rest are queued once it is done: on a GPU they
+        would wait for its batch anyway, and on a CPU running batches side by side they
+        would take cores from it, so its audio would leave no sooner than theirs.
+        """
         timeout = self.defaults.request_timeout
-        first = self.queue.submit(chunks[0], priority=LIVE, timeout=timeout)
-        items = [first]
+        items = [self.queue.submit(chunks[0], priority=LIVE, timeout=timeout)]
         joiner = StreamJoiner(self.engine.sample_rate)
         encoder = audio.open_stream(fmt, self.engine.sample_rate)
         sent = False
         try:
-            if len(chunks) > 1:
-                await first.started.wait()
-                items += [self.queue.submit(c, priority=LIVE, timeout=timeout) for c in chunks[1:]]
-            for item in items:
-                joined = joiner.push(await item.future)
+            for index in range(len(chunks)):
+                wave = await items[index].future
+                if index == 0:
+                    items += [
+                        self.queue.submit(c, priority=LIVE, timeout=timeout) for c in chunks[1:]
+                    ]
+                joined = joiner.push(wave)
                 stats.samples += len(joined)
                 data = encoder.feed(joined)
                 if data:

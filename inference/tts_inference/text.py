@@ -64,12 +64,21 @@ def clean(text: str) -> str:
     return "".join(c if c == "\n" or unicodedata.category(c) != "Cc" else " " for c in text).strip()
 
 
-def split_text(text: str, budget: int) -> list[str]:
-    """The text in chunks of at most ``budget`` UTF-8 bytes; [] when nothing is left to say."""
+def split_text(text: str, budget: int, first: int | None = None) -> list[str]:
+    """The text in chunks of at most ``budget`` UTF-8 bytes; [] when nothing is left to say.
+
+    ``first``, when smaller, bounds the first chunk alone: a stream's first audio then
+    waits for a short chunk rather than a full one.
+    """
     text = clean(text)
     if not text:
         return []
-    chunks = (chunk.strip() for chunk in _chunks(text, max(budget, MIN_BUDGET), 0))
+    budget = max(budget, MIN_BUDGET)
+    if first is not None and max(first, MIN_BUDGET) < budget:
+        head = _chunks(text, max(first, MIN_BUDGET), 0)[0]
+        if head.strip() and len(head) < len(text):
+            return [head.strip(), *split_text(text[len(head) :], budget)]
+    chunks = (chunk.strip() for chunk in _chunks(text, budget, 0))
     return [chunk for chunk in chunks if chunk]
 
 

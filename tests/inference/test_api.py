@@ -342,8 +342,10 @@ def test_long_text_streams_chunk_by_chunk_with_the_first_before_the_rest(
     with running(engine, max_input_chars=10_000) as base:
         wait_ready(base)
         text = " ".join(f"Sentence number {i} is here." for i in range(30))
-        chunks = engine.split_text(text, None, None)  # type: ignore[arg-type]
+        chunks = engine.split_text(text, None, None, stream=True)  # type: ignore[arg-type]
         assert len(chunks) > 2
+        # A short first chunk (a quarter of the budget), then chunks packed as before.
+        assert len(chunks[0]) <= engine.max_chars // 4 < len(chunks[1])
         batches_before = len(engine.batches)
         resp = speech(base, input=text)
         assert resp.status_code == 200

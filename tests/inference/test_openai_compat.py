@@ -18,6 +18,7 @@ import pytest
 
 from tests.inference.test_server import tiny_model  # noqa: F401  (the session's tiny model)
 from tests.support.server import Server, start_server, stop
+from tts_inference import audio
 from tts_inference.voices import OPENAI_VOICES
 
 pytestmark = pytest.mark.slow
@@ -136,6 +137,32 @@ def test_the_client_streams_raw_audio(server: Server) -> None:
         assert response.status_code == 200
         data = b"".join(response.iter_bytes())
     assert len(_pcm(data)) > SAMPLE_RATE // 2
+
+
+@pytest.mark.parametrize("stream_format", [None, "audio", "sse"])
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
+def test_every_format_streamed_or_not_is_audio(
+    server: Server, fmt: str, stream_format: str | None
+) -> None:
+    text = "Every format, streamed or not."
+    if stream_format == "sse":
+        events = _events(server, input=text, response_format=fmt)
+        assert events[-1]["type"] == "speech.audio.done"
+        data = b"".join(base64.b64decode(str(e["audio"])) for e in events[:-1])
+    else:
+        extra = {} if stream_format is None else {"stream_format": stream_format}
+        with server.client.audio.speech.with_streaming_response.create(
+            model="tts-1",
+            voice="coral",
+            input=text,
+            response_format=fmt,  # type: ignore[arg-type]
+            **extra,  # type: ignore[arg-type]
+        ) as response:
+            assert response.status_code == 200
+            data = b"".join(response.iter_bytes())
+    samples = _pcm(data) if fmt == "pcm" else audio.decode(data)
+    assert 0.5 < len(samples) / SAMPLE_RATE < 10
+    assert np.isfinite(samples).all()
 
 
 @pytest.mark.parametrize(

@@ -97,3 +97,15 @@ def test_a_lone_surrogate_is_named(text: str, bad: bool) -> None:
     if bad:
         assert "surrogate" in str(why)
         assert "character 1" in str(why)
+
+
+def test_a_streams_first_chunk_is_short_and_the_rest_are_packed_as_before() -> None:
+    text = (
+        "The early train was late again this morning, so the station filled with people. "
+        "A voice on the speakers apologised twice and then went quiet. Outside, it rained."
+    )
+    first, *rest = split_text(text, 120, first=50)
+    assert first == "The early train was late again this morning,"
+    assert rest == split_text(text[len(first) :], 120)
+    assert split_text("Short.", 120, first=50) == ["Short."]
+    assert split_text(text, 120, first=500) == split_text(text, 120)

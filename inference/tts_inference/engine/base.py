@@ -20,6 +20,8 @@ import numpy.typing as npt
 from tts_inference.text import split_text
 
 SAMPLE_RATE = 24_000
+#: A stream's first chunk holds at most this fraction of a chunk's budget.
+FIRST_CHUNK_DIVISOR = 4
 
 Audio = npt.NDArray[np.float32]
 
@@ -85,11 +87,18 @@ class Engine(abc.ABC):
         Within it the model speaks well and never exceeds what it can take.
         """
 
-    def split_text(self, text: str, voice: Voice, params: SynthesisParams) -> list[str]:
-        """Any text in chunks of at most the budget (the one splitter, ``text.split_text``)."""
+    def split_text(
+        self, text: str, voice: Voice, params: SynthesisParams, *, stream: bool = False
+    ) -> list[str]:
+        """Any text in chunks of at most the budget (the one splitter, ``text.split_text``).
+
+        ``stream``: the first chunk gets a quarter of the budget, so streamed audio starts
+        after a short chunk.
+        """
         if not text.strip():
             return []
-        return split_text(text, self.chunk_budget(voice, params))
+        budget = self.chunk_budget(voice, params)
+        return split_text(text, budget, budget // FIRST_CHUNK_DIVISOR if stream else None)
 
     def warmup(self, voice: Voice) -> None:
         """One short synthesis so the first real request pays no first-call costs."""

@@ -1,0 +1,45 @@
+"""The machine a figure was measured on: CPU model and the flags that decide speed."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+#: The instruction sets that change what is fastest for this model on a CPU.
+SPEED_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def machine() -> dict[str, Any]:
+    model, flags = "", list[str]()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and not model:
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+            flags = line.split(":", 1)[1].split()
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
+    return {
+        "cpu": model or platform.processor(),
+        "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
+        "cpus": len(os.sched_getaffinity(0)),
+        "memory_gb": round(total_kb / 2**20, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line for a table's caption: CPU model, cores and flags."""
+    return f"{info['cpu']}, {info['cpus']} vCPUs, flags {' '.join(info['cpu_flags']) or 'none of note'}"
