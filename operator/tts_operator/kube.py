@@ -13,10 +13,17 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("tts_operator.kube")
+
+#: Seconds before retrying a pass the API server answered with a conflict (another
+#: writer won the race), was busy or unreachable, or refused for want of a right.
+CONFLICT_RETRY_S = 1.0
+BUSY_RETRY_S = 5.0
+FORBIDDEN_RETRY_S = 60.0
 
 Obj = dict[str, Any]
 
@@ -61,6 +68,30 @@ KINDS: dict[str, Kind] = {
         "apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False
     ),
 }
+
+
+def retry_delay(exc: BaseException) -> float | None:
+    """Pure: how long until a pass that met ``exc`` from the API server may work, or None
+    when trying again cannot help until the resource changes (the server rejected an
+    object as invalid: a 400 or 422).
+
+    A 409 is a lost race, retried at once; a 429 or 5xx waits for the server (its
+    Retry-After when given); a 403 waits for the RBAC to be fixed; a dropped or refused
+    connection waits as a busy server does.
+    """
+    if isinstance(exc, ApiException):
+        status = int(exc.status or 0)
+        if status == 409:
+            return CONFLICT_RETRY_S
+        if status in (400, 422):
+            return None
+        if status == 403:
+            return FORBIDDEN_RETRY_S
+        after = (exc.headers or {}).get("Retry-After")
+        if status == 429 and after and str(after).isdigit():
+            return float(after)
+        return BUSY_RETRY_S
+    return BUSY_RETRY_S if isinstance(exc, OSError | urllib3.exceptions.HTTPError) else None
 
 
 class Kube:

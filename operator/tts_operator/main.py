@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
 from tts_operator import config, constants
@@ -20,7 +21,7 @@ from tts_operator.builders.objects import BuildConfig
 from tts_operator.endpoint_api import JobApi
 from tts_operator.handlers import endpoint as endpoint_flow
 from tts_operator.handlers import job as job_flow
-from tts_operator.kube import Kube
+from tts_operator.kube import Kube, retry_delay
 from tts_operator.metrics import METRICS
 
 log = logging.getLogger("tts_operator")
@@ -103,9 +104,18 @@ async def _reconcile(
     started = time.monotonic()
     try:
         status = await run()
-    except Exception:
+    except Exception as exc:
         METRICS.reconciles.labels(kind, "error").inc()
-        raise
+        if isinstance(exc, kopf.TemporaryError | kopf.PermanentError):
+            raise
+        delay = retry_delay(exc)
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if delay is None and isinstance(exc, ApiException):
+            # The API server refused an object this pass built: not until the spec changes.
+            raise kopf.PermanentError(message) from exc
+        if delay is not None:
+            raise kopf.TemporaryError(message, delay=delay) from exc
+        raise  # a fault of the operator's own: Kopf logs it whole and retries with backoff
     finally:
         METRICS.reconcile_seconds.labels(kind).observe(time.monotonic() - started)
     METRICS.reconciles.labels(kind, "ok").inc()
