@@ -94,17 +94,16 @@ from tts_inference.protocol import (
 )
 from tts_inference.queue import JOB
 from tts_inference.serving import SpeechService, StreamJoiner
+from tts_inference.sizes import MIB
 from tts_inference.voices import DEFAULT, VoiceStore, valid_name
 
 log = logging.getLogger("tts_inference.jobs")
 
 T = TypeVar("T")
 
-MIB = 1024 * 1024
 RESULT_SUFFIX = ".tts-job.json"
 PARTS_SUFFIX = ".parts/"
 JOIN_BLOCK = 1 << 20  # samples read from a part at a time while joining
-CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg"}
 MAX_KEY_CHARS = 255
 INTERRUPTED = (
     "interrupted: the server stopped before the job finished; "
@@ -1180,7 +1179,7 @@ class JobManager:
             "tts-audio-seconds": f"{seconds:.3f}",
             "tts-fingerprint": status.fingerprint or "",
         }
-        content_type = CONTENT_TYPES[status.format or "wav"]
+        content_type = audio.CONTENT_TYPES[status.format or "wav"]
         self._upload_to(job, path, job.output, content_type, metadata, "job_output")
 
     def _upload_to(

@@ -36,8 +36,7 @@ from tts_inference.cache.store import (
     http_status,
     is_fatal,
 )
-
-MIB = 1024 * 1024
+from tts_inference.sizes import MIB
 
 __all__ = ["ObjectError", "ObjectStore", "S3Uri", "allowed_uri", "bucket_client"]
 

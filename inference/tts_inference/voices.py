@@ -59,6 +59,7 @@ from tts_inference.errors import BadRequest, Unavailable
 from tts_inference.metrics import ServerMetrics
 from tts_inference.objects import ObjectError, ObjectStore, S3Uri
 from tts_inference.refaudio import prepare_reference
+from tts_inference.sizes import MIB
 
 log = logging.getLogger("tts_inference.voices")
 
@@ -69,7 +70,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 META = "voice.json"
 CLIPS = ".clips"  # under the voices folder: job-level reference clips by content hash
 CLIP_PARAM = "voice.refAudio"
-MIB = 1024 * 1024
 PROBE_RATE = 2000  # the cheap first decode that measures the duration
 
 #: A speech recogniser: (24 kHz mono float32 audio, sample rate) -> transcript.

@@ -8,6 +8,7 @@ changes a seeded request's audio.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import math
 import os
 import re
@@ -636,3 +637,29 @@ def test_full_size_with_flash_attn(full_size: Path) -> None:
         _speaks(engine, [MIDDLE, SHORT, LONG])
     finally:
         engine.unload()
+
+
+def test_a_flash_attn_that_does_not_import_is_said_not_swallowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tts_inference.engine import f5
+
+    broken = tmp_path / "flash_attn"
+    broken.mkdir()
+    (broken / "__init__.py").write_text(
+        "raise ImportError('undefined symbol: _ZN3c104cuda9SetDeviceEi')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+    with caplog.at_level("WARNING", logger="tts_inference.engine.f5"):
+        backend, fallback = f5._resolve_attn_backend("auto", "cuda:0")
+    assert backend == "torch"
+    assert fallback is not None
+    assert "installed but does not import: ImportError: undefined symbol" in fallback
+    assert "using torch's attention instead" in caplog.text
+    with pytest.raises(f5.EngineError, match="does not import"):
+        f5._resolve_attn_backend("flash_attn", "cuda:0")
+    # Not installed at all is no fallback: torch's attention is simply what there is.
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert f5._resolve_attn_backend("auto", "cuda:0") == ("torch", None)
+    assert f5._resolve_attn_backend("auto", "cpu") == ("torch", None)

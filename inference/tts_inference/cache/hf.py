@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from tts_inference.cache.store import CacheError
+from tts_inference.sizes import MIB
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 HF_PREFIX = "hf://"
 _OTHER_REPO_TYPES = ("datasets", "spaces", "kernels", "buckets")
-MIB = 1024 * 1024
 
 
 def is_hf_uri(value: str) -> bool:

@@ -44,8 +44,7 @@ from boto3.s3.transfer import TransferConfig
 from tts_inference import model_folder
 from tts_inference.cache.store import CacheError, S3Client, S3Uri, describe, make_client
 from tts_inference.cache.sync import COMPLETE, MANIFEST, human_bytes, safe_relpath, sha256_file
-
-MIB = 1024 * 1024
+from tts_inference.sizes import MIB
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,8 @@ from tts_inference.cache.store import (
     is_fatal,
     make_client,
 )
+from tts_inference.sizes import MIB
 
-MIB = 1024 * 1024
 COMPLETE = ".complete"
 MANIFEST = "manifest.json"
 PIECE = 1 * MIB

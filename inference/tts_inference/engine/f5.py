@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.util
+import logging
 import os
 import secrets
 import threading
@@ -113,6 +115,9 @@ ODE_METHOD = "euler"
 # AttnProcessor warns that masks with the torch backend use more GPU memory; batching
 # needs the mask, and flash_attn is used instead wherever it is installed.
 _MASK_WARNING = "attn_mask_enabled=True with attn_backend='torch'"
+
+
+log = logging.getLogger("tts_inference.engine.f5")
 
 
 class EngineError(RuntimeError):
@@ -218,12 +223,15 @@ def _resolve_device(device: str | None) -> str:
     return str(resolved)
 
 
-def _flash_attn_imports() -> bool:
+def _flash_attn_problem() -> str | None:
+    """Why flash_attn cannot be used here, or None when it imports."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return "flash_attn is not installed"
     try:
         importlib.import_module("flash_attn")
-    except Exception:
-        return False
-    return True
+    except Exception as exc:  # any failure to import is reported, never swallowed
+        return f"flash_attn is installed but does not import: {type(exc).__name__}: {exc}"
+    return None
 
 
 def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
@@ -240,10 +248,19 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
         ) from None
 
 
-def _resolve_attn_backend(attn_backend: str, device: str) -> str:
+def _resolve_attn_backend(attn_backend: str, device: str) -> tuple[str, str | None]:
+    """The attention backend, and why it is torch's where flash_attn was wanted but failed."""
     on_cuda = device.startswith("cuda")
     if attn_backend == "auto":
-        return "flash_attn" if on_cuda and _flash_attn_imports() else "torch"
+        if not on_cuda:
+            return "torch", None
+        problem = _flash_attn_problem()
+        if problem is None:
+            return "flash_attn", None
+        if "does not import" in problem:
+            log.warning("%s; using torch's attention instead", problem)
+            return "torch", problem
+        return "torch", None
     if attn_backend not in ATTN_BACKENDS:
         raise EngineError(
             f"attn_backend must be auto or one of {', '.join(ATTN_BACKENDS)}, not {attn_backend!r}"
@@ -251,9 +268,9 @@ def _resolve_attn_backend(attn_backend: str, device: str) -> str:
     if attn_backend == "flash_attn":
         if not on_cuda:
             raise EngineError(f"attn_backend flash_attn needs a CUDA device, not {device}")
-        if not _flash_attn_imports():
-            raise EngineError("attn_backend flash_attn asked for, but flash_attn does not import")
-    return attn_backend
+        if problem := _flash_attn_problem():
+            raise EngineError(f"attn_backend flash_attn asked for, but {problem}")
+    return attn_backend, None
 
 
 class F5Engine(Engine):
@@ -301,7 +318,7 @@ class F5Engine(Engine):
         if self._quantize and not self._device.startswith("cpu"):
             raise EngineError(f"dtype int8 is for CPU; on {self._device} use float16 or bfloat16")
         self._dtype = _resolve_dtype("float32" if self._quantize else dtype, self._device)
-        self._attn_backend = _resolve_attn_backend(attn_backend, self._device)
+        self._attn_backend, self._attn_fallback = _resolve_attn_backend(attn_backend, self._device)
         # Tests switch this off before load() to show what masking prevents.
         self._attn_mask_enabled = True
         self._config: dict[str, Any] | None = None
@@ -419,6 +436,8 @@ class F5Engine(Engine):
             "model_dir": str(self.model_dir),
             "dtype": "int8" if self._quantize else str(self._dtype).removeprefix("torch."),
             "attn_backend": self._attn_backend,
+            # Set when flash_attn is installed but failed to import: torch's attention runs.
+            "attn_fallback": self._attn_fallback or "",
             "attn_mask": self._attn_mask_enabled,
             "parameters": params,
             "max_batch": self.max_batch,
