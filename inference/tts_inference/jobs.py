@@ -314,13 +314,16 @@ class AudioSink:
             self._out.close()
 
     def abort(self) -> None:
-        with contextlib.suppress(Exception):
+        """Close what is open after a failure; a close that fails too is logged, not raised,
+        so the job's own error is the one reported."""
+        try:
             if self._file is not None:
                 self._file.close()
-        if self._encoder is not None:
-            self._encoder.abort()
-            with contextlib.suppress(Exception):
+            if self._encoder is not None:
+                self._encoder.abort()
                 self._out.close()
+        except OSError as exc:
+            log.warning("closing a failed job's audio: %s", exc)
 
 
 class JobManager:
@@ -722,8 +725,11 @@ class JobManager:
         except ObjectError as exc:
             if not exc.missing:
                 raise Unavailable(f"could not read the result of job {job_id}: {exc}") from None
-        except ValueError:
-            pass
+        except ValueError as exc:
+            # A result record that does not parse: the audio's own metadata decides below.
+            log.warning(
+                "job %s: the result record beside %s is unreadable: %s", job_id, output, exc
+            )
         try:
             head = self.objects.head(output)
         except ObjectError as exc:

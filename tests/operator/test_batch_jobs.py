@@ -276,4 +276,4 @@ def test_parts_without_an_existing_claim_share_one_made_for_the_job(
         assert volume["persistentVolumeClaim"]["claimName"] == "chapter-one-cache"
     assert len({pod["spec"]["nodeName"] for pod in pods}) == 1, "ReadWriteOnce: one node"
     kube.delete("ttsjobs", ns, "chapter-one")
-    kube.wait_gone("persistentvolumeclaims", ns, "chapter-one-cache")
+    kube.wait_gone("persistentvolumeclaims", ns, "chapter-one-cache", timeout=180)

@@ -241,7 +241,7 @@ def test_examples_reach_ready_on_gpu_nodes_only_and_roll_out_and_clean_up(
             left += [f"{kind}/{o['metadata']['name']}" for o in kube.list(kind, ns)]
         return left
 
-    kube.wait_for(lambda: not children(), timeout=60, message="children left behind")
+    kube.wait_for(lambda: not children(), timeout=180, message="children left behind")
 
 
 def test_operator_restart_half_way_creates_nothing_twice(

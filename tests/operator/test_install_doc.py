@@ -141,7 +141,11 @@ class Walk:
         argv[0] = tools.get(argv[0], str(BIN / argv[0]) if argv[0] == "tts-inference" else argv[0])
         proc = subprocess.run(
             argv,
-            env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), **(env or {})},
+            # ``env`` is a whole environment (the bucket's, or the hub's without HF_HUB_OFFLINE).
+            env={
+                **(os.environ if env is None else env),
+                "KUBECONFIG": str(self.cluster.kubeconfig),
+            },
             cwd=ROOT,
             capture_output=True,
             text=True,
