@@ -33,6 +33,7 @@ from tests.support.fake_hub import (
     FakeHub,
     f5_hub_files,
     fake_hub,
+    hub_environment,
     vocos_hub_files,
 )
 from tests.support.s3 import SECRET_KEY, S3Server, free_port
@@ -105,26 +106,8 @@ def bucket(s3: S3Server) -> str:
 @pytest.fixture
 def hub_env(s3: S3Server, hub: Hub, tmp_path: Path) -> dict[str, str]:
     """The pod's environment: AWS_* for the bucket, HF_* for the (fake) hub, a private TMPDIR."""
-    env = {
-        k: v
-        for k, v in s3.env().items()
-        if k
-        not in {
-            "HF_TOKEN",
-            "HUGGING_FACE_HUB_TOKEN",
-            "HF_HUB_OFFLINE",
-            "TRANSFORMERS_OFFLINE",
-            "HF_HUB_CACHE",
-        }
-    }
     (tmp_path / "tmp").mkdir()
-    env.update(
-        HF_ENDPOINT=hub.server.endpoint,
-        HF_HOME=str(tmp_path / "hf-home"),
-        HF_HUB_DISABLE_XET="1",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        TMPDIR=str(tmp_path / "tmp"),
-    )
+    env = hub_environment(s3.env(), hub.server, tmp_path / "hf-home", tmp_path / "tmp")
     hub.server.traffic.reset()
     return env
 

@@ -46,7 +46,7 @@ from tests.chart import helm
 from tests.conftest import require_tool
 from tests.operator.conftest import use_kubeconfig
 from tests.support.cluster import ClusterHandle, Kube
-from tests.support.fake_hub import f5_hub_files, fake_hub, vocos_hub_files
+from tests.support.fake_hub import f5_hub_files, fake_hub, hub_environment, vocos_hub_files
 from tests.support.operator_runner import OperatorRunner
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, S3Server, free_port
 from tests.support.server import Server, start_server, stop
@@ -381,15 +381,7 @@ def walk(
         hub.add_commit(repo, files)
         hub.add_commit("charactr/vocos-mel-24khz", vocos_hub_files(tiny))
         (tmp_path / "tmp").mkdir()
-        hub_env = {
-            **s3.env(),
-            "HF_ENDPOINT": hub.endpoint,
-            "HF_HOME": str(tmp_path / "hf-home"),
-            "HF_HUB_DISABLE_XET": "1",
-            "TMPDIR": str(tmp_path / "tmp"),
-        }
-        for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HUGGING_FACE_HUB_TOKEN"):
-            hub_env.pop(name, None)
+        hub_env = hub_environment(s3.env(), hub, tmp_path / "hf-home", tmp_path / "tmp")
         w = Walk(kube, control_plane, s3, hub_env, tiny_config, tmp_path, monkeypatch)
         try:
             yield w

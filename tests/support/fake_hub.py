@@ -383,6 +383,23 @@ def fake_hub(cdn_host: str = "localhost") -> Iterator[FakeHub]:
         hub.close()
 
 
+def hub_environment(base: Mapping[str, str], hub: FakeHub, home: Path, tmp: Path) -> dict[str, str]:
+    """``base`` pointed at the fake hub: every HF_* and TRANSFORMERS_* setting of the
+    test process dropped (an engine imported earlier sets HF_HUB_OFFLINE, f5-tts may set
+    TRANSFORMERS_OFFLINE), then the hub's endpoint, a private HF_HOME and TMPDIR."""
+    env = {
+        k: v for k, v in base.items() if not k.startswith(("HF_", "HUGGING_FACE_", "TRANSFORMERS_"))
+    }
+    env.update(
+        HF_ENDPOINT=hub.endpoint,
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        TMPDIR=str(tmp),
+    )
+    return env
+
+
 def _pickled_checkpoint(safetensors_file: Path) -> bytes:
     """The same weights as a .pt checkpoint: {"ema_model_state_dict": {"ema_model.*": ...}}."""
     import io
