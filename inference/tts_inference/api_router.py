@@ -18,8 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tts_inference import audio
-from tts_inference.app import ServerState, error_response
-from tts_inference.errors import BadRequest
+from tts_inference.errors import BadRequest, error_response
 from tts_inference.jobs import JobManager
 from tts_inference.protocol import (
     ErrorResponse,
@@ -33,6 +32,7 @@ from tts_inference.protocol import (
     VoiceList,
 )
 from tts_inference.serving import SpeechService, StreamStats, cancel_on_disconnect
+from tts_inference.state import ServerState
 from tts_inference.voices import DEFAULT, VoiceStore, check_name
 
 #: The statuses a /v1 route may answer besides its own, all in the one error shape.

@@ -39,6 +39,7 @@ __all__ = [
     "FORMATS",
     "PCM_SAMPLE_RATE",
     "AudioError",
+    "CrossFader",
     "StreamEncoder",
     "crossfade",
     "decode",
@@ -64,6 +65,9 @@ CONTENT_TYPES: Final = MappingProxyType(
 
 PCM_SAMPLE_RATE: Final = 24000
 """The rate of the ``pcm`` format, as OpenAI's: raw s16le mono at 24 kHz."""
+
+CROSS_FADE_SECONDS: Final = 0.15
+"""How long two chunks of one text overlap where they are joined (f5-tts's default)."""
 
 FFMPEG_TIMEOUT: Final = 300.0
 """Seconds one ffmpeg run (or a stream's final flush) may take before it is killed."""
@@ -535,39 +539,54 @@ def decode(data: bytes, target_rate: int = PCM_SAMPLE_RATE) -> FloatArray:
     return samples.astype(np.float32)
 
 
-def crossfade(
-    chunks: Sequence[npt.ArrayLike], sample_rate: int, seconds: float = 0.15
-) -> FloatArray:
-    """Join chunks with a linear cross-fade, exactly as f5-tts's ``infer_batch_process``.
+class CrossFader:
+    """Joins chunks as they arrive with f5-tts's cross-fade, holding back only a tail.
 
     Each next chunk overlaps the tail of everything joined so far by
     ``int(seconds * sample_rate)`` samples, clamped to both lengths; over the
-    overlap the tail fades out (1 -> 0) and the head fades in (0 -> 1), both
-    ``np.linspace`` ramps. ``seconds <= 0`` concatenates. Empty -> empty; one -> itself.
+    overlap the tail fades out (1 -> 0) and the chunk fades in (0 -> 1), both
+    ``np.linspace`` ramps, as f5-tts's ``infer_batch_process`` joins them.
+    ``push`` returns the samples that are final; ``flush`` the held-back tail.
+    ``extend`` continues the current chunk without a fade, so a long chunk can
+    be pushed in blocks. Speech streaming, whole responses, job output and the
+    joining of Indexed-Job parts all join through this one class.
     """
-    waves = [np.asarray(chunk, dtype=np.float64).reshape(-1) for chunk in chunks]
-    if not waves:
-        return np.zeros(0, dtype=np.float32)
-    if len(waves) == 1 or seconds <= 0:
-        return np.concatenate(waves).astype(np.float32)
-    fade = int(seconds * sample_rate)
-    # Lay out the overlaps first, then write into one buffer (no quadratic copying).
-    overlaps: list[int] = []
-    length = len(waves[0])
-    for wave in waves[1:]:
-        overlap = max(min(fade, length, len(wave)), 0)
-        overlaps.append(overlap)
-        length += len(wave) - overlap
-    out = np.empty(length, dtype=np.float64)
-    position = len(waves[0])
-    out[:position] = waves[0]
-    for wave, overlap in zip(waves[1:], overlaps, strict=True):
-        if overlap > 0:
-            start = position - overlap
-            fade_out = np.linspace(1, 0, overlap)
-            fade_in = np.linspace(0, 1, overlap)
-            out[start:position] = out[start:position] * fade_out + wave[:overlap] * fade_in
-        rest = len(wave) - overlap
-        out[position : position + rest] = wave[overlap:]
-        position += rest
-    return out.astype(np.float32)
+
+    def __init__(self, sample_rate: int, seconds: float = CROSS_FADE_SECONDS) -> None:
+        self.fade = max(int(seconds * sample_rate), 0)
+        self.tail: npt.NDArray[np.float64] | None = None
+
+    def _emit(self, body: npt.NDArray[np.float64]) -> FloatArray:
+        keep = min(self.fade, len(body))
+        self.tail = body[len(body) - keep :]
+        return body[: len(body) - keep].astype(np.float32)
+
+    def push(self, chunk: npt.ArrayLike) -> FloatArray:
+        wave = np.asarray(chunk, dtype=np.float64).reshape(-1)
+        if self.tail is None:
+            return self._emit(wave)
+        n = min(self.fade, len(self.tail), len(wave))
+        if n <= 0:
+            return self._emit(np.concatenate([self.tail, wave]))
+        head = len(self.tail) - n
+        blend = self.tail[head:] * np.linspace(1, 0, n) + wave[:n] * np.linspace(0, 1, n)
+        return self._emit(np.concatenate([self.tail[:head], blend, wave[n:]]))
+
+    def extend(self, samples: npt.ArrayLike) -> FloatArray:
+        wave = np.asarray(samples, dtype=np.float64).reshape(-1)
+        if self.tail is None:
+            return self.push(wave)
+        return self._emit(np.concatenate([self.tail, wave]))
+
+    def flush(self) -> FloatArray:
+        tail, self.tail = self.tail, None
+        return np.zeros(0, dtype=np.float32) if tail is None else tail.astype(np.float32)
+
+
+def crossfade(
+    chunks: Sequence[npt.ArrayLike], sample_rate: int, seconds: float = CROSS_FADE_SECONDS
+) -> FloatArray:
+    """Join whole chunks with the cross-fade (see CrossFader). Empty -> empty; one -> itself."""
+    fader = CrossFader(sample_rate, seconds)
+    pieces = [fader.push(chunk) for chunk in chunks]
+    return np.concatenate([*pieces, fader.flush()]).astype(np.float32, copy=False)

@@ -65,7 +65,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
@@ -93,7 +93,7 @@ from tts_inference.protocol import (
     JobStatus,
 )
 from tts_inference.queue import JOB
-from tts_inference.serving import SpeechService, StreamJoiner
+from tts_inference.serving import SpeechService
 from tts_inference.sizes import MIB
 from tts_inference.voices import DEFAULT, VoiceStore, valid_name
 
@@ -228,19 +228,6 @@ class Job:
         return self.status.state in TERMINAL_STATES
 
 
-class Joiner(StreamJoiner):
-    """StreamJoiner that can also continue the current piece without a fade (``extend``), so a
-    long piece can be pushed in blocks: its first block with ``push``, the rest with ``extend``."""
-
-    def extend(self, samples: Audio) -> Audio:
-        if self.tail is None:
-            return self.push(samples)
-        body = np.concatenate([self.tail, samples])
-        keep = min(self.fade, len(body))
-        self.tail = body[len(body) - keep :]
-        return body[: len(body) - keep].astype(np.float32, copy=False)
-
-
 class AudioSink:
     """Cross-faded chunks into a file as they arrive: wav/flac by soundfile, mp3/opus by ffmpeg.
 
@@ -248,7 +235,7 @@ class AudioSink:
     """
 
     def __init__(self, path: str, fmt: str, sample_rate: int, *, lossless: bool = False) -> None:
-        self.joiner = Joiner(sample_rate)
+        self.joiner = audio.CrossFader(sample_rate)
         self.sample_rate = sample_rate
         self.samples = 0
         self.lossless = lossless and fmt == "wav"
@@ -356,6 +343,13 @@ class JobManager:
         self._running = asyncio.Semaphore(max(settings.max_running, 1))
         self._slots = asyncio.Semaphore(max(settings.window, 1))
         self._closing = False
+
+    def attach(self, service: SpeechService, window: int) -> None:
+        """The speech service once the model is loaded, and the chunks all jobs together may
+        keep in its queue (sized by the engine's batch). Before any job runs."""
+        self.service = service
+        self.settings = replace(self.settings, window=window)
+        self._slots = asyncio.Semaphore(max(window, 1))
 
     # ------------------------------------------------------------------ validation
 
@@ -569,7 +563,10 @@ class JobManager:
         """Run a prepared job here, to its end (run-job); the outcome is in ``job.status``."""
         self._jobs[job.status.id] = job
         job.task = asyncio.current_task()
-        await self._run(job)
+        try:
+            await self._run(job)
+        finally:
+            job.task = None  # the caller's task goes on: close() must not cancel it
 
     async def get(self, job_id: str) -> JobStatus:
         job = self._jobs.get(job_id) if valid_job_id(job_id) else None

@@ -37,9 +37,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +49,15 @@ from tts_inference.errors import BadRequest, Unavailable
 from tts_inference.jobs import (
     Job,
     JobFailed,
-    JobManager,
-    JobSettings,
     job_id_for,
     part_uri,
 )
 from tts_inference.metrics import ServerMetrics
-from tts_inference.objects import ObjectStore, bucket_client, parse_uri
+from tts_inference.objects import parse_uri
 from tts_inference.protocol import JOB_FORMATS, JobRequest, JobStatus
-from tts_inference.queue import BatchQueue
-from tts_inference.serving import Defaults, SpeechService
-from tts_inference.voices import ALIASES_ENV, Transcriber, VoiceStore, parse_aliases
+from tts_inference.runtime import default_engine, default_transcriber, no_transcriber, open_runtime
+from tts_inference.settings import ServerSettings, model_dir_problem
+from tts_inference.voices import ALIASES_ENV, parse_aliases
 
 log = logging.getLogger("tts_inference.runjob")
 
@@ -285,23 +280,11 @@ def _failed(args: argparse.Namespace, message: str, code: int) -> int:
 # --------------------------------------------------------------------------- running
 
 
-@contextmanager
-def _scratch(cache_dir: Path | None) -> Iterator[Path]:
-    """The cache volume, or a folder for this run when there is none."""
-    if cache_dir is not None:
-        yield cache_dir
-        return
-    with tempfile.TemporaryDirectory(prefix="tts-run-job-") as tmp:
-        yield Path(tmp)
-
-
-def _load_engine(args: argparse.Namespace) -> Engine:
-    """The F5-TTS engine, loaded (blocking); the server's own factory."""
-    from tts_inference.app import ServerSettings, default_engine, model_dir_problem
-
-    if problem := model_dir_problem(args.model_dir, args.cache_dir):
-        raise RunJobError(problem)
-    settings = ServerSettings(
+def _settings(
+    args: argparse.Namespace, voices_uri: str, buckets: tuple[str, ...]
+) -> ServerSettings:
+    """The server's settings for this one job: its buckets, one job at a time, no record index."""
+    return ServerSettings(
         model_dir=args.model_dir,
         cache_dir=args.cache_dir,
         device=args.device,
@@ -309,19 +292,20 @@ def _load_engine(args: argparse.Namespace) -> Engine:
         attn_backend=args.attn_backend,
         max_batch=args.max_batch,
         concurrent_batches=args.concurrent_batches,
+        voices_uri=voices_uri,
+        allowed_buckets=buckets,
+        max_running_jobs=1,
+        s3_max_attempts=args.s3_max_attempts,
+        voice_aliases=_aliases(),
+        job_records=False,
     )
-    engine = default_engine(settings)
-    engine.load()
-    log.info("model loaded: %s", ", ".join(f"{k}={v}" for k, v in engine.info().items()))
-    return engine
 
 
-def _transcriber(args: argparse.Namespace) -> Transcriber | None:
-    from tts_inference.app import ServerSettings, default_transcriber
-
-    return default_transcriber(
-        ServerSettings(model_dir=args.model_dir, cache_dir=args.cache_dir, device=args.device)
-    )
+def _checked_engine(settings: ServerSettings) -> Engine:
+    """The server's engine, once the model folder checks out."""
+    if problem := model_dir_problem(settings.model_dir, settings.cache_dir):
+        raise RunJobError(problem)
+    return default_engine(settings)
 
 
 async def execute(args: argparse.Namespace) -> dict[str, Any]:
@@ -331,7 +315,7 @@ async def execute(args: argparse.Namespace) -> dict[str, Any]:
     buckets = _buckets(req)
     voices_uri = args.voices_uri or f"s3://{buckets[0]}/voices/"
     try:
-        remote = parse_uri(voices_uri, "--voices-uri")
+        parse_uri(voices_uri, "--voices-uri")
     except ValueError as exc:
         raise RunJobError(str(exc), EXIT_PERMANENT) from None
     concurrent = args.concurrent_batches
@@ -343,25 +327,11 @@ async def execute(args: argparse.Namespace) -> dict[str, Any]:
         raise RunJobError(
             "--max-batch, --concurrent-batches and --s3-max-attempts must be >= 1", EXIT_PERMANENT
         )
-    metrics = ServerMetrics()
-    attempts = args.s3_max_attempts
-    objects = ObjectStore(lambda: bucket_client(attempts))
-    with _scratch(args.cache_dir) as cache:
-        voices = VoiceStore(
-            cache / "voices",
-            remote=remote,
-            objects=objects,
-            metrics=metrics,
-            transcriber=_transcriber(args) if not isinstance(req.voice, str) else None,
-            aliases=_aliases(),
-        )
-        max_queue = 64
-        settings = JobSettings(
-            allowed_buckets=buckets,
-            max_running=1,
-            window=max(1, min(2 * (args.max_batch or Engine.max_batch), max_queue // 2)),
-        )
-        manager = JobManager(None, objects, settings, metrics, voices=voices)
+    settings = _settings(args, voices_uri, buckets)
+    # A reference clip without text is transcribed; a named voice needs no ASR.
+    transcriber = default_transcriber if not isinstance(req.voice, str) else no_transcriber
+    async with open_runtime(settings, ServerMetrics(), transcriber) as runtime:
+        manager = runtime.jobs
         try:
             job = manager.prepare(
                 req, args.job_id, job_id=job_id_from(args.job_id), part=part, parts=parts
@@ -387,25 +357,9 @@ async def execute(args: argparse.Namespace) -> dict[str, Any]:
             raise RunJobError(str(exc), EXIT_PERMANENT) from None
         except Unavailable as exc:
             raise RunJobError(str(exc), EXIT_FAILED) from None
-        queue: BatchQueue | None = None
-        engine: Engine | None = None
-        try:
-            if parts == 1 or job.part_head is None:  # a part already made needs no model
-                engine = await asyncio.to_thread(_load_engine, args)
-                queue = BatchQueue(
-                    engine,
-                    metrics,
-                    max_batch=args.max_batch or engine.max_batch,
-                    max_queue=max_queue,
-                )
-                queue.start()
-                manager.service = SpeechService(engine, queue, voices, metrics, Defaults())
-            await manager.run(job)
-        finally:
-            if queue is not None:
-                await queue.stop()
-            if engine is not None:
-                await asyncio.to_thread(engine.unload)
+        if parts == 1 or job.part_head is None:  # a part already made needs no model
+            await runtime.load(_checked_engine)
+        await manager.run(job)
     status = job.status
     if status.state != "succeeded":
         code = EXIT_PERMANENT if job.permanent else EXIT_FAILED

@@ -18,8 +18,10 @@ from types import FrameType
 
 import uvicorn
 
-from tts_inference.app import ServerSettings, ServerState, build_app, model_dir_problem
+from tts_inference.app import build_app
 from tts_inference.engine.base import add_engine_arguments
+from tts_inference.settings import ServerSettings, model_dir_problem
+from tts_inference.state import ServerState
 
 log = logging.getLogger("tts_inference.serve")
 

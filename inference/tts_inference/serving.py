@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
-import numpy as np
 from pydantic import BaseModel
 
 from tts_inference import audio
@@ -38,7 +37,6 @@ __all__ = [
     "BadRequest",
     "Defaults",
     "SpeechService",
-    "StreamJoiner",
     "StreamStats",
     "VoiceStore",
     "cancel_on_disconnect",
@@ -46,7 +44,6 @@ __all__ = [
 
 log = logging.getLogger("tts_inference.serving")
 
-CROSS_FADE_SECONDS = 0.15
 #: Audio samples per mel frame: the unit of a speech stream's output tokens.
 FRAME_SAMPLES = 256
 
@@ -57,42 +54,6 @@ class Defaults:
     cfg_strength: float = 2.0
     max_input_chars: int = 4096
     request_timeout: float = 300.0
-
-
-class StreamJoiner:
-    """Cross-fades chunks as they arrive, as F5-TTS joins them, holding back only a tail.
-
-    The output equals ``audio.crossfade(chunks)`` whenever every chunk is longer
-    than the fade (F5-TTS's chunks are seconds long; the fade is 0.15 s).
-    """
-
-    def __init__(self, sample_rate: int, seconds: float = CROSS_FADE_SECONDS) -> None:
-        self.fade = int(seconds * sample_rate)
-        self.tail: Audio | None = None
-
-    def push(self, chunk: Audio) -> Audio:
-        if self.tail is None:
-            body = chunk
-        else:
-            n = min(self.fade, len(self.tail), len(chunk))
-            if n > 0:
-                blend = self.tail[len(self.tail) - n :] * np.linspace(1, 0, n) + chunk[
-                    :n
-                ] * np.linspace(0, 1, n)
-                body = np.concatenate([self.tail[: len(self.tail) - n], blend, chunk[n:]])
-            else:
-                body = np.concatenate([self.tail, chunk])
-        keep = min(self.fade, len(body))
-        self.tail = body[len(body) - keep :]
-        return body[: len(body) - keep].astype(np.float32, copy=False)
-
-    def flush(self) -> Audio:
-        tail, self.tail = self.tail, None
-        return (
-            tail.astype(np.float32, copy=False)
-            if tail is not None
-            else np.zeros(0, dtype=np.float32)
-        )
 
 
 @dataclass
@@ -165,7 +126,7 @@ class SpeechService:
         finally:
             for item in items:
                 item.future.cancel()
-        return audio.crossfade(waves, self.engine.sample_rate, CROSS_FADE_SECONDS)
+        return audio.crossfade(waves, self.engine.sample_rate)
 
     async def stream(
         self,
@@ -182,7 +143,7 @@ class SpeechService:
         """
         timeout = self.defaults.request_timeout
         items = [self.queue.submit(chunks[0], priority=LIVE, timeout=timeout)]
-        joiner = StreamJoiner(self.engine.sample_rate)
+        joiner = audio.CrossFader(self.engine.sample_rate)
         encoder = audio.open_stream(fmt, self.engine.sample_rate)
         sent = False
         try:

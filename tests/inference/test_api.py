@@ -16,9 +16,9 @@ import uvicorn
 
 from tests.support.s3 import free_port
 from tts_inference import audio
-from tts_inference.app import ServerSettings, build_app
+from tts_inference.app import build_app
 from tts_inference.engine.fake import FakeEngine
-from tts_inference.serving import StreamJoiner
+from tts_inference.settings import ServerSettings
 
 
 @contextmanager
@@ -361,7 +361,7 @@ def test_long_text_streams_chunk_by_chunk_with_the_first_before_the_rest(
 def test_stream_joiner_matches_the_whole_crossfade() -> None:
     rng = np.random.default_rng(0)
     chunks = [rng.standard_normal(n).astype(np.float32) for n in (24000, 9000, 30000, 5000)]
-    joiner = StreamJoiner(24000)
+    joiner = audio.CrossFader(24000)
     streamed = np.concatenate([*(joiner.push(c) for c in chunks), joiner.flush()])
     np.testing.assert_allclose(streamed, audio.crossfade(chunks, 24000), atol=1e-6)
 

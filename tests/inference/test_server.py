@@ -305,7 +305,8 @@ subprocess.Popen.__init__ = spy
 import asyncio
 from pathlib import Path
 from fastapi.testclient import TestClient
-from tts_inference.app import ServerSettings, build_app
+from tts_inference.app import build_app
+from tts_inference.settings import ServerSettings
 app = build_app(ServerSettings(model_dir=Path({str(tiny_model)!r}), cache_dir=Path({str(tmp_path)!r}), nfe_step=2))
 with TestClient(app) as client:
     import time

@@ -398,7 +398,8 @@ def test_asr_transcribes_uploads_without_text_when_a_model_is_present(
         calls.append((len(samples), rate))
         return "words the fake recogniser heard"
 
-    from tts_inference.app import ServerSettings, build_app
+    from tts_inference.app import build_app
+    from tts_inference.settings import ServerSettings
 
     engine = FakeEngine()
     app = build_app(
