@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tts_inference.cache.store import PERMANENT_EXIT, CacheError, PermanentCacheError
-from tts_inference.cache.sync import file_lock, sha256_file, write_atomic, write_termination_log
+from tts_inference.storage.bucket import PERMANENT_EXIT, PermanentStorageError, StorageError
+from tts_inference.storage.files import file_lock, sha256_file, write_atomic, write_termination_log
 
 log = logging.getLogger("tts_inference.flash_attn")
 
@@ -128,7 +128,7 @@ class Abi:
     def from_tag(cls, tag: str, platform: str) -> Abi:
         match = _TAG.match(tag)
         if not match:
-            raise CacheError(
+            raise StorageError(
                 f"--abi-tag {tag!r} is not of the form cu<CUDA major>torch<X.Y>cxx11abi<TRUE|FALSE>-cp<NN>, e.g. cu13torch2.11cxx11abiTRUE-cp311"
             )
         return cls(
@@ -151,7 +151,7 @@ def torch_minor(version: str) -> str:
     """'2.11.0+cu130' -> '2.11'."""
     match = re.match(r"^(\d+)\.(\d+)", version)
     if not match:
-        raise CacheError(f"cannot read torch's version from {version!r}")
+        raise StorageError(f"cannot read torch's version from {version!r}")
     return f"{match[1]}.{match[2]}"
 
 
@@ -187,11 +187,11 @@ def detect_abi(
     try:
         text = version_py.read_text()
     except OSError as exc:
-        raise CacheError(f"cannot read {version_py}: {exc.strerror or exc}") from None
+        raise StorageError(f"cannot read {version_py}: {exc.strerror or exc}") from None
     file_version, cuda = parse_torch_version_py(text)
     version = file_version or torch_version
     if not version:
-        raise CacheError(f"no __version__ in {version_py} and no torch package metadata")
+        raise StorageError(f"no __version__ in {version_py} and no torch package metadata")
     cmake = torch_dir / "share" / "cmake" / "Torch" / "TorchConfig.cmake"
     try:
         cmake_text: str | None = cmake.read_text()
@@ -219,28 +219,28 @@ class WheelName:
 
 
 def parse_wheel_name(filename: str) -> WheelName:
-    """The fields of a flash_attn wheel's file name (PEP 427); CacheError for anything else."""
+    """The fields of a flash_attn wheel's file name (PEP 427); StorageError for anything else."""
     name = os.path.basename(filename)
     if not name.endswith(".whl"):
-        raise CacheError(f"{name!r} is not a wheel (expected a .whl file name)")
+        raise StorageError(f"{name!r} is not a wheel (expected a .whl file name)")
     parts = name[: -len(".whl")].split("-")
     if len(parts) not in (5, 6):
-        raise CacheError(
+        raise StorageError(
             f"{name!r} is not a wheel file name (expected NAME-VERSION-PYTHON-ABI-PLATFORM.whl)"
         )
     dist, full_version = parts[0], parts[1]
     python, abi, platform = parts[-3:]
     if re.sub(r"[-_.]+", "_", dist).lower() != "flash_attn":
-        raise CacheError(f"{name!r} is a wheel of {dist!r}, not of flash_attn")
+        raise StorageError(f"{name!r} is a wheel of {dist!r}, not of flash_attn")
     version, _, label = full_version.partition("+")
     return WheelName(version, label or None, python, abi, platform)
 
 
 def parse_local_label(label: str) -> tuple[str, str, bool]:
-    """'cu12torch2.7cxx11abiTRUE' -> ('12', '2.7', True); CacheError for other labels."""
+    """'cu12torch2.7cxx11abiTRUE' -> ('12', '2.7', True); StorageError for other labels."""
     match = _LABEL.match(label)
     if not match:
-        raise CacheError(
+        raise StorageError(
             f"local version label {label!r} is not of the form cu<CUDA>torch<X.Y>cxx11abi<TRUE|FALSE>"
         )
     return cuda_major(match["cuda"]), match["torch"], match["cxx11"] == "TRUE"
@@ -257,7 +257,7 @@ def _platform_fits(wheel_platforms: str, platform: str) -> bool:
 
 
 def check_wheel_fits(filename: str, abi: Abi) -> None:
-    """Return when the wheel fits ``abi``; otherwise raise CacheError saying why and which would."""
+    """Return when the wheel fits ``abi``; otherwise raise StorageError saying why and which would."""
     wheel = parse_wheel_name(filename)
     name = os.path.basename(filename)
     problems: list[str] = []
@@ -274,7 +274,7 @@ def check_wheel_fits(filename: str, abi: Abi) -> None:
     if wheel.label is not None:
         try:
             cuda, torch, cxx11 = parse_local_label(wheel.label)
-        except CacheError as exc:
+        except StorageError as exc:
             problems.append(str(exc))
         else:
             if torch != abi.torch:
@@ -288,7 +288,7 @@ def check_wheel_fits(filename: str, abi: Abi) -> None:
                     f"it is built with cxx11abi{str(cxx11).upper()}, this pod's torch uses cxx11abi{str(abi.cxx11abi).upper()}"
                 )
     if problems:
-        raise PermanentCacheError(
+        raise PermanentStorageError(
             f"flash_attn wheel {name} does not fit this pod: {'; '.join(problems)}; "
             f"this pod needs {abi.wheel_name(wheel.version)}"
         )
@@ -313,20 +313,14 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
 def fetch_wheel(source: str, dest: Path) -> None:
     """Copy the wheel at ``source`` (s3://bucket/key or a local path) to ``dest``."""
     if source.startswith("s3://"):
-        import botocore.exceptions
+        from tts_inference.storage.bucket import ObjectStore, S3Uri, make_client
 
-        from tts_inference.cache.store import S3Uri, describe, download_file, make_client
-
-        uri = S3Uri.parse(source)
-        try:
-            download_file(make_client(max_pool=4), uri, str(dest))
-        except botocore.exceptions.BotoCoreError as exc:
-            raise CacheError(describe(exc, uri)) from None
+        ObjectStore(lambda: make_client(max_pool=4)).download_file(S3Uri.parse(source), str(dest))
         return
     try:
         shutil.copyfile(source, dest)
     except OSError as exc:
-        raise CacheError(f"cannot read {source}: {exc.strerror or exc}") from None
+        raise StorageError(f"cannot read {source}: {exc.strerror or exc}") from None
 
 
 def _tail(text: str, lines: int = 15) -> str:
@@ -341,9 +335,9 @@ def probe(python: str) -> dict[str, Any]:
     try:
         proc = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=120)
     except OSError as exc:
-        raise CacheError(f"cannot run {python}: {exc.strerror or exc}") from None
+        raise StorageError(f"cannot run {python}: {exc.strerror or exc}") from None
     if proc.returncode != 0:
-        raise CacheError(f"{python} failed to report its packages: {_tail(proc.stderr, 3)}")
+        raise StorageError(f"{python} failed to report its packages: {_tail(proc.stderr, 3)}")
     facts: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return facts
 
@@ -377,7 +371,7 @@ def import_check(python: str, pythonpath: Path | None) -> subprocess.CompletedPr
             [python, "-c", IMPORT_CHECK], capture_output=True, text=True, env=env, timeout=600
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CacheError(f"cannot run the import check with {python}: {exc}") from None
+        raise StorageError(f"cannot run the import check with {python}: {exc}") from None
 
 
 def pythonpath_entry(cache_dir: str | Path, abi: Abi | None = None) -> str | None:
@@ -385,7 +379,7 @@ def pythonpath_entry(cache_dir: str | Path, abi: Abi | None = None) -> str | Non
     if abi is None:
         try:
             abi = abi_from_facts(local_facts())
-        except CacheError:
+        except StorageError:
             return None
     if abi is None or abi.cuda is None:
         return None
@@ -456,7 +450,7 @@ def _install_into(
         flush=True,
     )
     if sha256 is not None and digest != sha256:
-        raise PermanentCacheError(
+        raise PermanentStorageError(
             f"flash_attn wheel {wheel}: sha256 is {digest}, expected {sha256}"
         )
     site = work / "site"
@@ -471,13 +465,15 @@ def _install_into(
     )
     if pip.returncode != 0:
         print(_tail(pip.stdout + "\n" + pip.stderr), file=sys.stderr, flush=True)
-        raise CacheError(f"pip could not install flash_attn wheel {wheel} (exit {pip.returncode})")
+        raise StorageError(
+            f"pip could not install flash_attn wheel {wheel} (exit {pip.returncode})"
+        )
     check = import_check(python, site)
     imported = check.stdout.strip().splitlines()[-1] if check.stdout.strip() else ""
     if check.returncode != 0 or not Path(imported).resolve().is_relative_to(site.resolve()):
         print(_tail(check.stderr), file=sys.stderr, flush=True)
         reason = _tail(check.stderr, 1) or f"it imported from {imported}, not from the install"
-        raise CacheError(f"flash_attn wheel {wheel} installed but does not import: {reason}")
+        raise StorageError(f"flash_attn wheel {wheel} installed but does not import: {reason}")
     if final.exists():  # a stale install without marker, or another wheel's: set it aside
         os.rename(final, work / "old")
     os.rename(site, final)
@@ -537,7 +533,7 @@ def run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"event": "flash-attn", "installed": False, "abiTag": None}
     try:
         if sha256 is not None and not _SHA256.match(sha256):
-            raise CacheError(f"--sha256 {args.sha256!r} is not 64 hex digits")
+            raise StorageError(f"--sha256 {args.sha256!r} is not 64 hex digits")
         facts = probe(args.python)
         if facts.get("flashAttn"):
             check = import_check(args.python, None)
@@ -556,7 +552,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             detected = abi_from_facts(facts)
             if detected is None:
-                raise CacheError(
+                raise StorageError(
                     f"torch is not installed for {args.python}: cannot tell which flash_attn fits (pass --abi-tag)"
                 )
             if detected.cuda is None:
@@ -568,7 +564,7 @@ def run(args: argparse.Namespace) -> int:
         summary["abiTag"] = abi.tag
         print(f"this pod's flash_attn ABI: {abi.tag} ({abi.platform})", flush=True)
         installed = install(args.wheel, args.cache_dir, abi, args.python, sha256)
-    except (CacheError, OSError, subprocess.SubprocessError) as exc:
+    except (StorageError, OSError, subprocess.SubprocessError) as exc:
         message = f"install-flash-attn failed: {exc}"
         print(f"error: {message}", file=sys.stderr, flush=True)
         if args.termination_log:
@@ -576,7 +572,7 @@ def run(args: argparse.Namespace) -> int:
                 args.termination_log.write_text(
                     json.dumps({"event": "flash-attn-failed", "message": message})
                 )
-        return PERMANENT_EXIT if isinstance(exc, CacheError) and exc.permanent else 1
+        return PERMANENT_EXIT if isinstance(exc, StorageError) and exc.permanent else 1
     folder = target_dir(args.cache_dir.absolute(), abi.folder)
     wheel = os.path.basename(args.wheel)
     print(f"{'installed' if installed else 'already installed:'} {wheel} in {folder}", flush=True)

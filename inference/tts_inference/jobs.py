@@ -69,13 +69,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
-import boto3.exceptions
-import botocore.exceptions
 import numpy as np
 import soundfile as sf  # type: ignore[import-untyped]
 
 from tts_inference import audio
-from tts_inference.cache.store import describe, error_code, http_status, is_fatal
 from tts_inference.engine.base import (
     SAMPLE_RATE,
     Audio,
@@ -85,7 +82,6 @@ from tts_inference.engine.base import (
 )
 from tts_inference.errors import BadRequest, QueueFull, Unavailable
 from tts_inference.metrics import JOB_STATES, ServerMetrics
-from tts_inference.objects import Head, ObjectError, ObjectStore, S3Uri, allowed_uri
 from tts_inference.protocol import (
     JOB_FORMATS,
     TERMINAL_STATES,
@@ -95,6 +91,13 @@ from tts_inference.protocol import (
 from tts_inference.queue import JOB
 from tts_inference.serving import SpeechService
 from tts_inference.sizes import MIB
+from tts_inference.storage.bucket import (
+    Head,
+    ObjectStore,
+    S3Uri,
+    StorageError,
+    allowed_uri,
+)
 from tts_inference.voices import DEFAULT, VoiceStore, valid_name
 
 log = logging.getLogger("tts_inference.jobs")
@@ -517,31 +520,27 @@ class JobManager:
             raise JobFailed("no bucket access for the output", permanent=True)
         uri = S3Uri(job.output.bucket, job.output.key + RESULT_SUFFIX)
         try:
-            self.objects.client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].close()
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            if error_code(exc) != "NoSuchKey":
-                self._output_error(job, uri, exc)
+            self.objects.exists(uri)
+        except StorageError as exc:
+            self._output_error(job, uri, exc)
         if job.parts > 1:  # the parts are listed to find out whether all are there
             prefix = parts_prefix(job.output)
             try:
-                self.objects.client.list_objects_v2(
-                    Bucket=prefix.bucket, Prefix=prefix.key, MaxKeys=1
-                )
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                self.objects.list_keys(prefix, limit=1)
+            except StorageError as exc:
                 self._output_error(job, prefix, exc)
 
     @staticmethod
-    def _output_error(job: Job, uri: S3Uri, exc: Exception) -> NoReturn:
-        if error_code(exc) == "NoSuchBucket":
+    def _output_error(job: Job, uri: S3Uri, exc: StorageError) -> NoReturn:
+        if exc.code == "NoSuchBucket":
             raise JobFailed(
-                f"the output bucket {job.output.bucket!r} does not exist ({describe(exc, uri)})",
+                f"the output bucket {job.output.bucket!r} does not exist ({exc})",
                 permanent=True,
             ) from None
-        fatal = is_fatal(exc)
         raise JobFailed(
-            f"could not use the output {job.output}: {describe(exc, uri)}",
-            retryable=not fatal,
-            permanent=fatal,
+            f"could not use the output {job.output}: {exc}",
+            retryable=not exc.permanent,
+            permanent=exc.permanent,
         ) from None
 
     async def gather(self, job: Job) -> None:
@@ -609,7 +608,7 @@ class JobManager:
             await asyncio.to_thread(
                 self.objects.put_bytes, marker, b"cancel", "text/plain", what="record"
             )
-        except ObjectError as exc:
+        except StorageError as exc:
             raise Unavailable(
                 f"could not ask the server running {job_id} to cancel: {exc}"
             ) from None
@@ -671,7 +670,7 @@ class JobManager:
                     return
                 try:
                     objects.put_bytes(uri, data, "application/json", what="record")
-                except ObjectError as exc:
+                except StorageError as exc:
                     log.warning("could not write the record of job %s: %s", job.status.id, exc)
                     return
                 job.written_seq = seq
@@ -686,7 +685,7 @@ class JobManager:
         if uri is not None and objects is not None:
             try:
                 record = JobStatus.model_validate_json(objects.get_bytes(uri, 1 * MIB))
-            except ObjectError as exc:
+            except StorageError as exc:
                 if not exc.missing:
                     raise Unavailable(f"could not read the record of job {job_id}: {exc}") from None
             except ValueError as exc:
@@ -719,7 +718,7 @@ class JobManager:
             result = JobStatus.model_validate_json(raw)
             if result.id == job_id and result.state == "succeeded":
                 return result
-        except ObjectError as exc:
+        except StorageError as exc:
             if not exc.missing:
                 raise Unavailable(f"could not read the result of job {job_id}: {exc}") from None
         except ValueError as exc:
@@ -729,7 +728,7 @@ class JobManager:
             )
         try:
             head = self.objects.head(output)
-        except ObjectError as exc:
+        except StorageError as exc:
             raise Unavailable(f"could not check the output of job {job_id}: {exc}") from None
         if head is not None and head.metadata.get("tts-job-id") == job_id:
             seconds = head.metadata.get("tts-audio-seconds")
@@ -815,7 +814,7 @@ class JobManager:
             if marker is not None and self.objects is not None and not job.publishing:
                 try:
                     asked = await asyncio.to_thread(self.objects.head, marker)
-                except ObjectError:
+                except StorageError:
                     continue
                 if asked is not None and job.task is not None:
                     log.info("job %s: cancel requested through another replica", job.status.id)
@@ -826,7 +825,7 @@ class JobManager:
     async def _clear_cancel_marker(self, job: Job) -> None:
         if self.settings.records is None or self.objects is None or job.status.attempts <= 1:
             return
-        with contextlib.suppress(ObjectError):
+        with contextlib.suppress(StorageError):
             await asyncio.to_thread(
                 self.objects.delete, self.settings.records.join(f"{job.status.id}.cancel")
             )
@@ -836,11 +835,11 @@ class JobManager:
             raise JobFailed("this server has no bucket access for textUri", permanent=True)
         try:
             data = self.objects.get_bytes(uri, self.settings.max_text_bytes)
-        except ObjectError as exc:
+        except StorageError as exc:
             raise JobFailed(
                 f"could not read textUri {uri}: {exc}",
-                retryable=not exc.fatal,
-                permanent=exc.fatal,
+                retryable=not exc.permanent,
+                permanent=exc.permanent,
             ) from None
         try:
             text = data.decode("utf-8-sig")
@@ -963,9 +962,11 @@ class JobManager:
         uri = part_uri(job.output, job.part, job.parts)
         try:
             head = self.objects.head(uri)
-        except ObjectError as exc:
+        except StorageError as exc:
             raise JobFailed(
-                f"could not check part {uri}: {exc}", retryable=not exc.fatal, permanent=exc.fatal
+                f"could not check part {uri}: {exc}",
+                retryable=not exc.permanent,
+                permanent=exc.permanent,
             ) from None
         if head is None or head.metadata.get("tts-fingerprint") != job.status.fingerprint:
             return None
@@ -1037,11 +1038,11 @@ class JobManager:
         assert self.objects is not None
         try:
             keys = set(self.objects.list_keys(parts_prefix(job.output)))
-        except ObjectError as exc:
+        except StorageError as exc:
             raise JobFailed(
                 f"could not list the parts under {parts_prefix(job.output)}: {exc}",
-                retryable=not exc.fatal,
-                permanent=exc.fatal,
+                retryable=not exc.permanent,
+                permanent=exc.permanent,
             ) from None
         wanted = [part_uri(job.output, i, job.parts) for i in range(job.parts)]
         if any(uri.key not in keys for uri in wanted):
@@ -1050,7 +1051,7 @@ class JobManager:
         for uri in wanted:
             try:
                 head = self.objects.head(uri)
-            except ObjectError as exc:
+            except StorageError as exc:
                 raise JobFailed(f"could not check part {uri}: {exc}", retryable=True) from None
             if head is None or head.metadata.get("tts-fingerprint") != job.status.fingerprint:
                 return None  # gone (joined meanwhile) or left by another request: not ours yet
@@ -1065,6 +1066,7 @@ class JobManager:
 
     def _join(self, job: Job, parts: list[tuple[S3Uri, Head]]) -> None:
         """Download every part, join them with the chunk cross-fade, encode, upload (blocking)."""
+        assert self.objects is not None
         status = job.status
         fmt = status.format or "wav"
         rate = self._rate()
@@ -1074,8 +1076,8 @@ class JobManager:
             for i, (uri, _) in enumerate(parts):
                 path = os.path.join(tmp, f"{i}.wav")
                 try:
-                    self._download(uri, path)
-                except ObjectError as exc:
+                    self.objects.download_file(uri, path)
+                except StorageError as exc:
                     done = self._result_beside(status.id, job.output) if exc.missing else None
                     if done is not None:  # another pod joined and removed the parts meanwhile
                         self._adopt(job, done)
@@ -1106,19 +1108,6 @@ class JobManager:
         job.joined = True
         log.info("job %s: %d parts joined into %s", status.id, len(parts), job.output)
 
-    def _download(self, uri: S3Uri, path: str) -> None:
-        assert self.objects is not None
-        try:
-            self.objects.client.download_file(uri.bucket, uri.key, path)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise ObjectError(
-                describe(exc, uri),
-                fatal=is_fatal(exc),
-                missing=http_status(exc) == 404 or error_code(exc) in {"NoSuchKey", "NotFound"},
-            ) from None
-        except (boto3.exceptions.Boto3Error, OSError) as exc:
-            raise ObjectError(f"downloading {uri} failed: {exc}") from None
-
     def delete_parts(self, output: S3Uri) -> None:
         """Remove every part of this output (best effort: a leftover is only storage)."""
         if self.objects is None:
@@ -1127,7 +1116,7 @@ class JobManager:
         try:
             for key in self.objects.list_keys(prefix):
                 self.objects.delete(S3Uri(prefix.bucket, key))
-        except ObjectError as exc:
+        except StorageError as exc:
             log.warning("could not delete the parts under %s: %s", prefix, exc)
 
     async def _synthesize(self, job: Job, chunks: list[SynthesisRequest], sink: AudioSink) -> None:
@@ -1201,13 +1190,13 @@ class JobManager:
             try:
                 self.objects.upload_file(path, uri, content_type, metadata=metadata, what=what)
                 return
-            except ObjectError as exc:
-                if exc.fatal or attempt == attempts:
+            except StorageError as exc:
+                if exc.permanent or attempt == attempts:
                     self._abort_leftovers(uri)
                     raise JobFailed(
                         f"uploading the output to {uri} failed after {attempt} attempt(s): {exc}",
-                        retryable=not exc.fatal,
-                        permanent=exc.fatal,
+                        retryable=not exc.permanent,
+                        permanent=exc.permanent,
                     ) from None
                 delay = self.settings.retry_backoff * 2 ** (attempt - 1)
                 log.warning(
@@ -1223,7 +1212,7 @@ class JobManager:
         """Abort multipart uploads s3transfer could not abort itself (best effort)."""
         if self.objects is None:
             return
-        with contextlib.suppress(ObjectError, Exception):
+        with contextlib.suppress(StorageError, Exception):
             for upload_id in self.objects.pending_uploads(output):
                 self.objects.client.abort_multipart_upload(
                     Bucket=output.bucket, Key=output.key, UploadId=upload_id
@@ -1237,7 +1226,7 @@ class JobManager:
         data = job.status.model_dump_json(by_alias=True, indent=1).encode()
         try:
             self.objects.put_bytes(uri, data, "application/json", what="record")
-        except ObjectError as exc:
+        except StorageError as exc:
             log.warning("could not write the result record of job %s: %s", job.status.id, exc)
 
 

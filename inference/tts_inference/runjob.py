@@ -42,8 +42,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tts_inference.cache.store import PERMANENT_EXIT
-from tts_inference.cache.sync import write_termination_log
 from tts_inference.engine.base import Engine, add_engine_arguments
 from tts_inference.errors import BadRequest, Unavailable
 from tts_inference.jobs import (
@@ -53,10 +51,11 @@ from tts_inference.jobs import (
     part_uri,
 )
 from tts_inference.metrics import ServerMetrics
-from tts_inference.objects import parse_uri
 from tts_inference.protocol import JOB_FORMATS, JobRequest, JobStatus
 from tts_inference.runtime import default_engine, default_transcriber, no_transcriber, open_runtime
 from tts_inference.settings import ServerSettings, model_dir_problem
+from tts_inference.storage.bucket import PERMANENT_EXIT, parse_uri
+from tts_inference.storage.files import write_termination_log
 from tts_inference.voices import ALIASES_ENV, parse_aliases
 
 log = logging.getLogger("tts_inference.runjob")

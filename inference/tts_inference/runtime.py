@@ -25,10 +25,10 @@ from tts_inference import __version__
 from tts_inference.engine.base import Engine
 from tts_inference.jobs import JobManager, JobSettings
 from tts_inference.metrics import ServerMetrics
-from tts_inference.objects import ObjectStore, bucket_client, parse_uri
 from tts_inference.queue import BatchQueue
 from tts_inference.serving import Defaults, SpeechService
 from tts_inference.settings import ServerSettings
+from tts_inference.storage.bucket import ObjectStore, make_client, parse_uri
 from tts_inference.voices import Transcriber, VoiceLimits, VoiceStore
 
 log = logging.getLogger("tts_inference.runtime")
@@ -161,7 +161,7 @@ def _objects(settings: ServerSettings, metrics: ServerMetrics) -> ObjectStore | 
         return None
     attempts = settings.s3_max_attempts
     return ObjectStore(
-        lambda: bucket_client(attempts),
+        lambda: make_client(max_pool=16, max_attempts=attempts),
         part_bytes=settings.upload_part_bytes,
         on_upload=lambda what, n: metrics.upload_bytes.labels(what).inc(n),
     )

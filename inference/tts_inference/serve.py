@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             "error: --max-batch must be 1..256, --max-queue >= 1, --nfe-step 1..64", file=sys.stderr
         )
         return 2
-    from tts_inference.objects import parse_uri
+    from tts_inference.storage.bucket import parse_uri
 
     allowed = tuple(b.strip() for b in args.allowed_buckets.split(",") if b.strip())
     try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tts_inference.model_folder import CONFIG_NAME, known_names
-from tts_inference.objects import S3Uri, parse_uri
+from tts_inference.storage.bucket import S3Uri, parse_uri
 
 
 @dataclass(frozen=True)

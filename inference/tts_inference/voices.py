@@ -53,13 +53,13 @@ import numpy as np
 import soundfile as sf  # type: ignore[import-untyped]
 
 from tts_inference import audio
-from tts_inference.cache.sync import file_lock, write_atomic
 from tts_inference.engine.base import SAMPLE_RATE, Audio, Voice
 from tts_inference.errors import BadRequest, Unavailable
 from tts_inference.metrics import ServerMetrics
-from tts_inference.objects import ObjectError, ObjectStore, S3Uri
 from tts_inference.refaudio import prepare_reference
 from tts_inference.sizes import MIB
+from tts_inference.storage.bucket import ObjectStore, S3Uri, StorageError
+from tts_inference.storage.files import file_lock, write_atomic
 
 log = logging.getLogger("tts_inference.voices")
 
@@ -190,7 +190,7 @@ class VoiceStore:
         if self.remote is not None and self.objects is not None:
             try:
                 keys = self.objects.list_keys(self.remote)
-            except ObjectError as exc:
+            except StorageError as exc:
                 log.warning("listing voices in the bucket failed, listing the cache only: %s", exc)
             else:
                 for key in keys:
@@ -324,7 +324,7 @@ class VoiceStore:
         remote, objects = self._bucket()
         try:
             head = objects.head(remote.join(name, META))
-        except ObjectError as exc:
+        except StorageError as exc:
             log.warning(
                 "could not check voice %r against the bucket, using the cache: %s", name, exc
             )
@@ -431,7 +431,7 @@ class VoiceStore:
             meta_uri = remote.join(name, META)
             try:
                 raw, etag = objects.get(meta_uri, 1 * MIB)
-            except ObjectError as exc:
+            except StorageError as exc:
                 if exc.missing:
                     return None
                 raise Unavailable(f"could not read voice {name!r} from the bucket: {exc}") from None
@@ -446,7 +446,7 @@ class VoiceStore:
                 raise Unavailable(f"{meta_uri} is not a valid voice record: {exc}") from None
             try:
                 wav = objects.get_bytes(remote.join(name, audio_name), 64 * MIB)
-            except ObjectError as exc:
+            except StorageError as exc:
                 raise Unavailable(f"could not read voice {name!r} from the bucket: {exc}") from None
             if hashlib.sha256(wav).hexdigest() != digest:
                 raise Unavailable(
@@ -466,7 +466,7 @@ class VoiceStore:
             return False
         try:
             return self.objects.head(self.remote.join(name, META)) is not None
-        except ObjectError as exc:
+        except StorageError as exc:
             raise Unavailable(f"could not check voice {name!r} in the bucket: {exc}") from None
 
     # ------------------------------------------------------------------ job reference clips
@@ -492,8 +492,8 @@ class VoiceStore:
             text = self._clip_transcript(digest, samples, transcribe)
         return Voice(f"clip-{digest[:12]}", samples, text)
 
-    def _clip_error(self, uri: S3Uri, exc: ObjectError) -> BadRequest | Unavailable:
-        if exc.fatal:
+    def _clip_error(self, uri: S3Uri, exc: StorageError) -> BadRequest | Unavailable:
+        if exc.permanent:
             return BadRequest(f"could not read refAudio {uri}: {exc}", CLIP_PARAM)
         return Unavailable(f"could not read refAudio {uri}: {exc}", CLIP_PARAM)
 
@@ -546,7 +546,7 @@ class VoiceStore:
             )
         try:
             head = self.objects.head(uri)
-        except ObjectError as exc:
+        except StorageError as exc:
             raise self._clip_error(uri, exc) from None
         if head is None:
             raise BadRequest(
@@ -576,7 +576,7 @@ class VoiceStore:
         assert self.objects is not None
         try:
             data = self.objects.get_bytes(uri, self.limits.max_upload_bytes)
-        except ObjectError as exc:
+        except StorageError as exc:
             raise self._clip_error(uri, exc) from None
         digest = hashlib.sha256(data).hexdigest()
         samples = self._read_clip(digest)
@@ -747,8 +747,8 @@ class VoiceStore:
             return objects.put_bytes(
                 remote.join(name, META), record, "application/json", what="voice"
             )
-        except ObjectError as exc:
-            with contextlib.suppress(ObjectError):
+        except StorageError as exc:
+            with contextlib.suppress(StorageError):
                 objects.delete(audio_uri)
             raise Unavailable(f"could not store voice {name!r} in the bucket: {exc}") from None
 
@@ -781,7 +781,7 @@ class VoiceStore:
                     self.objects.delete(self.remote.join(name, META))
                     for key in self.objects.list_keys(self.remote.join(name)):
                         self.objects.delete(S3Uri(self.remote.bucket, key))
-                except ObjectError as exc:
+                except StorageError as exc:
                     raise Unavailable(
                         f"could not delete voice {name!r} from the bucket: {exc}"
                     ) from None

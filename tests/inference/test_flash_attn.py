@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from tts_inference.cache.store import PERMANENT_EXIT, CacheError
 from tts_inference.flash_attn import (
     Abi,
     check_wheel_fits,
@@ -31,6 +30,7 @@ from tts_inference.flash_attn import (
     parse_wheel_name,
     pythonpath_entry,
 )
+from tts_inference.storage.bucket import PERMANENT_EXIT, StorageError
 
 PY = f"cp{sys.version_info.major}{sys.version_info.minor}"
 PLATFORM = sysconfig.get_platform().replace("-", "_").replace(".", "_")
@@ -133,13 +133,13 @@ def test_detect_abi_cpu_and_missing(tmp_path: Path) -> None:
         _fake_torch(tmp_path / "meta", "cuda = '12.6'\n"), "cp312", "linux_aarch64", "2.8.0"
     )
     assert abi.tag == "cu12torch2.8cxx11abiTRUE-cp312"
-    with pytest.raises(CacheError, match=r"cannot read .*version\.py"):
+    with pytest.raises(StorageError, match=r"cannot read .*version\.py"):
         detect_abi(tmp_path / "nowhere", "cp311", "linux_x86_64")
 
 
 def test_abi_from_tag() -> None:
     assert Abi.from_tag("cu13torch2.11cxx11abiTRUE-cp311", "linux_x86_64") == POD
-    with pytest.raises(CacheError, match="--abi-tag 'cu13-cp311' is not of the form"):
+    with pytest.raises(StorageError, match="--abi-tag 'cu13-cp311' is not of the form"):
         Abi.from_tag("cu13-cp311", "linux_x86_64")
 
 
@@ -205,7 +205,7 @@ def test_wheel_fits(name: str) -> None:
     ],
 )
 def test_wheel_does_not_fit(name: str, reason: str) -> None:
-    with pytest.raises(CacheError) as info:
+    with pytest.raises(StorageError) as info:
         check_wheel_fits(name, POD)
     message = str(info.value)
     assert message.startswith(f"flash_attn wheel {name} does not fit this pod: ")
@@ -214,7 +214,7 @@ def test_wheel_does_not_fit(name: str, reason: str) -> None:
 
 
 def test_several_mismatches_are_all_named() -> None:
-    with pytest.raises(CacheError) as info:
+    with pytest.raises(StorageError) as info:
         check_wheel_fits(
             "flash_attn-2.7.4+cu12torch2.7cxx11abiFALSE-cp310-cp310-linux_x86_64.whl", POD
         )
@@ -235,9 +235,9 @@ def test_several_mismatches_are_all_named() -> None:
     ],
 )
 def test_not_a_flash_attn_wheel(name: str, match: str) -> None:
-    with pytest.raises(CacheError, match=match):
+    with pytest.raises(StorageError, match=match):
         parse_wheel_name(name)
-    with pytest.raises(CacheError, match=match):
+    with pytest.raises(StorageError, match=match):
         check_wheel_fits(name, POD)
 
 

@@ -40,7 +40,7 @@ from tests.support.s3 import SECRET_KEY, S3Server, free_port
 from tests.support.server import start_server, stop
 from tts_inference import model_folder
 from tts_inference.cache.hf import HfUri
-from tts_inference.cache.store import CacheError
+from tts_inference.storage.bucket import StorageError
 
 BUCKET = "tts-hf-models"
 MIB = 1024 * 1024
@@ -332,7 +332,7 @@ def test_hf_uri_forms(uri: str, repo_id: str, path: str, revision: str | None) -
     ],
 )
 def test_bad_hf_uris(uri: str) -> None:
-    with pytest.raises(CacheError, match="hf://"):
+    with pytest.raises(StorageError, match="hf://"):
         HfUri.parse(uri)
 
 

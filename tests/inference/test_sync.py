@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.s3 import SECRET_KEY, Fault, S3Server
-from tts_inference.cache.store import PERMANENT_EXIT
+from tts_inference.storage.bucket import PERMANENT_EXIT
 
 BUCKET = "tts-models"
 MIB = 1024 * 1024

@@ -26,9 +26,9 @@ from tests.inference.test_api import running, wait_ready
 from tests.support.media import REFERENCE_TEXT, long_tone_mp3, reference_as, silence_wav
 from tests.support.s3 import Fault, S3Server
 from tts_inference import audio
-from tts_inference.cache.sync import file_lock
 from tts_inference.engine.fake import FakeEngine
 from tts_inference.jobs import RESULT_SUFFIX, job_id_for
+from tts_inference.storage.files import file_lock
 from tts_inference.voices import parse_aliases
 
 BUCKET = "tts-api"
@@ -328,7 +328,7 @@ FETCH_SCRIPT = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from tts_inference.objects import ObjectStore, S3Uri
+    from tts_inference.storage.bucket import ObjectStore, S3Uri
     from tts_inference.voices import VoiceStore
     store = VoiceStore(Path(sys.argv[1]) / "voices", remote=S3Uri.parse(sys.argv[2]), objects=ObjectStore())
     voice = store.get(sys.argv[3])
@@ -874,7 +874,7 @@ def test_a_voice_deleted_through_another_replica_stops_being_served(
     bucket: S3Server, reference: tuple[str, bytes], tmp_path: Path
 ) -> None:
     from tts_inference.errors import BadRequest
-    from tts_inference.objects import ObjectStore, S3Uri
+    from tts_inference.storage.bucket import ObjectStore, S3Uri
     from tts_inference.voices import VoiceLimits, VoiceStore
 
     now = [0.0]

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from tts_inference.cache.store import S3Client
+from tts_inference.storage.bucket import S3Client
 
 ACCESS_KEY = "testing-access-key"
 SECRET_KEY = "testing-secret-key-must-never-be-printed"

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from tts_inference.cache.store import CacheError
 from tts_inference.sizes import MIB
+from tts_inference.storage.bucket import StorageError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -52,11 +52,11 @@ class HfUri:
     def parse(cls, uri: str) -> HfUri:
         usage = "expected hf://ORG/REPO[/PATH][@REVISION]"
         if not is_hf_uri(uri):
-            raise CacheError(f"not an hf:// URI: {uri!r} ({usage})")
+            raise StorageError(f"not an hf:// URI: {uri!r} ({usage})")
         body = uri[len(HF_PREFIX) :]
         parts = body.split("/")
         if parts[0] in _OTHER_REPO_TYPES:
-            raise CacheError(f"{uri}: only model repos can be mirrored ({usage})")
+            raise StorageError(f"{uri}: only model repos can be mirrored ({usage})")
         revision: str | None = None
         if len(parts) >= 2 and "@" in parts[1]:
             # huggingface_hub's form: hf://org/repo@revision/path
@@ -66,12 +66,12 @@ class HfUri:
             body, revision = body.rsplit("@", 1)
             parts = body.split("/")
         if revision is not None and not revision:
-            raise CacheError(f"{uri}: empty revision after '@' ({usage})")
+            raise StorageError(f"{uri}: empty revision after '@' ({usage})")
         if len(parts) < 2 or not parts[0] or not parts[1]:
-            raise CacheError(f"{uri}: give an organisation and a repo ({usage})")
+            raise StorageError(f"{uri}: give an organisation and a repo ({usage})")
         segments = [p for p in parts[2:] if p]
         if any(p in {".", ".."} for p in segments):
-            raise CacheError(f"{uri}: the path may not hold '.' or '..' ({usage})")
+            raise StorageError(f"{uri}: the path may not hold '.' or '..' ({usage})")
         return cls(f"{parts[0]}/{parts[1]}", "/".join(segments), revision)
 
     def __str__(self) -> str:
@@ -200,7 +200,7 @@ def mirror(
     ``dest/<path>``. ``check`` is called with the names to be downloaded
     (relative to the path) before any file is: what it raises stops the mirror,
     and names it returns are left out.
-    Raises CacheError naming the URI on any failure.
+    Raises StorageError naming the URI on any failure.
     """
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.utils.tqdm import disable_progress_bars
@@ -211,26 +211,28 @@ def mirror(
     try:
         info = api.model_info(uri.repo_id, revision=uri.revision)
         if not info.sha:
-            raise CacheError(f"{uri}: the hub at {_endpoint()} did not say which commit it serves")
+            raise StorageError(
+                f"{uri}: the hub at {_endpoint()} did not say which commit it serves"
+            )
         commit = info.sha
         listing = _list_files(api, uri, commit)
-    except CacheError:
+    except StorageError:
         raise
     except Exception as exc:
-        raise CacheError(explain(exc, uri)) from None
+        raise StorageError(explain(exc, uri)) from None
 
     prefix = f"{uri.path}/" if uri.path else ""
     wanted = {entry.path[len(prefix) :]: entry for entry in listing}
     if only is not None:
         missing = [name for name in only if name not in wanted]
         if missing:
-            raise CacheError(
+            raise StorageError(
                 f"{uri}: {', '.join(missing)} not found in {uri.repo_id} at {commit[:12]}"
             )
         wanted = {name: wanted[name] for name in only}
     if not wanted:
         where = f"under {uri.path!r}" if uri.path else "at all"
-        raise CacheError(f"{uri}: {uri.repo_id} at {commit[:12]} has no files {where}")
+        raise StorageError(f"{uri}: {uri.repo_id} at {commit[:12]} has no files {where}")
     if check is not None:
         for name in check(sorted(wanted)) or ():
             wanted.pop(name, None)
@@ -254,21 +256,23 @@ def mirror(
             allow_patterns=[glob.escape(prefix + name) for name in wanted],
         )
     except Exception as exc:
-        raise CacheError(explain(exc, uri)) from None
+        raise StorageError(explain(exc, uri)) from None
 
     folder = dest / uri.path if uri.path else dest
     sha256: dict[str, str] = {}
     for name, entry in wanted.items():
         path = folder / name
         if not path.is_file():
-            raise CacheError(f"{uri}: {name} was not downloaded")
+            raise StorageError(f"{uri}: {name} was not downloaded")
         size = path.stat().st_size
         if size != entry.size:
-            raise CacheError(f"{uri}: {name} is {size} bytes, the hub lists {entry.size}")
+            raise StorageError(f"{uri}: {name} is {size} bytes, the hub lists {entry.size}")
         if entry.lfs is not None:
             sha256[name] = entry.lfs.sha256  # publish checks it as it hashes the file
         elif entry.blob_id and _git_blob_id(path) != entry.blob_id:
-            raise CacheError(f"{uri}: {name} does not match the hub's git blob id {entry.blob_id}")
+            raise StorageError(
+                f"{uri}: {name} does not match the hub's git blob id {entry.blob_id}"
+            )
     return Mirrored(
         uri,
         commit,

@@ -38,13 +38,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
-import botocore.exceptions
-from boto3.s3.transfer import TransferConfig
-
 from tts_inference import model_folder
-from tts_inference.cache.store import CacheError, S3Client, S3Uri, describe, make_client
-from tts_inference.cache.sync import COMPLETE, MANIFEST, human_bytes, safe_relpath, sha256_file
+from tts_inference.cache.sync import COMPLETE, MANIFEST, human_bytes, safe_relpath
 from tts_inference.sizes import MIB
+from tts_inference.storage.bucket import ObjectStore, S3Client, S3Uri, StorageError, make_client
+from tts_inference.storage.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -62,17 +60,17 @@ class PublishResult:
 def collect_files(src: Path) -> list[tuple[str, Path]]:
     """(relative path, file) for every file to publish, sorted, ours excluded."""
     if not src.is_dir():
-        raise CacheError(f"{src} is not a folder")
+        raise StorageError(f"{src} is not a folder")
     out = []
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         rel = path.relative_to(src).as_posix()
         if rel in {MANIFEST, COMPLETE} or any(part.startswith(".") for part in rel.split("/")):
             continue
         if not safe_relpath(rel):
-            raise CacheError(f"cannot publish {rel!r}: reserved file name")
+            raise StorageError(f"cannot publish {rel!r}: reserved file name")
         out.append((rel, path))
     if not out:
-        raise CacheError(f"{src} holds no files to publish")
+        raise StorageError(f"{src} holds no files to publish")
     return out
 
 
@@ -80,27 +78,18 @@ def build_manifest(entries: list[dict[str, object]]) -> bytes:
     return json.dumps({"files": entries}, indent=1, sort_keys=True).encode() + b"\n"
 
 
-def _head(client: S3Client, uri: S3Uri) -> dict[str, object] | None:
-    try:
-        return dict(client.head_object(Bucket=uri.bucket, Key=uri.key))
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-            return None
-        raise CacheError(describe(exc, uri)) from None
-
-
 def _target(dest: str) -> S3Uri:
     target = S3Uri.parse(dest)
     if not target.key:
-        raise CacheError(f"{dest}: give a folder, e.g. s3://bucket/models/NAME/REVISION")
+        raise StorageError(f"{dest}: give a folder, e.g. s3://bucket/models/NAME/REVISION")
     return target
 
 
-def _refuse_existing(client: S3Client, target: S3Uri, force: bool) -> S3Uri:
+def _refuse_existing(store: ObjectStore, target: S3Uri, force: bool) -> S3Uri:
     """The revision's manifest URI; raises if the revision exists and ``force`` is off."""
     manifest_uri = S3Uri(target.bucket, target.prefix + MANIFEST)
-    if _head(client, manifest_uri) is not None and not force:
-        raise CacheError(
+    if store.head(manifest_uri) is not None and not force:
+        raise StorageError(
             f"{manifest_uri} exists: revisions are immutable (caches trust what they synced); "
             "publish a new revision, or pass --force"
         )
@@ -126,67 +115,43 @@ def publish(
     """
     start = time.monotonic()
     target = _target(dest)
-    client = client or make_client()
-    manifest_uri = _refuse_existing(client, target, force)
+    made = client or make_client()
+    store = ObjectStore(lambda: made, part_bytes=multipart_mib * MIB, max_concurrency=8)
+    manifest_uri = _refuse_existing(store, target, force)
     files = [(rel, path) for rel, path in collect_files(src) if rel not in skip]
     held = {rel for rel, _ in files}
     for rel, path in (extra_files or {}).items():
         if rel in held:
-            raise CacheError(f"{src} already holds {rel}")
+            raise StorageError(f"{src} already holds {rel}")
         files.append((rel, path))
     files.sort()
     expected = dict(expect_sha256 or {})
-    config = TransferConfig(
-        multipart_threshold=multipart_mib * MIB,
-        multipart_chunksize=multipart_mib * MIB,
-        max_concurrency=8,
-    )
     entries: list[dict[str, object]] = []
     uploaded = skipped = 0
     for rel, path in files:
         size = path.stat().st_size
         digest = sha256_file(path)
         if rel in expected and expected[rel] != digest:
-            raise CacheError(
+            raise StorageError(
                 f"{rel}: sha256 {digest} differs from the source's {expected[rel]}; not uploaded"
             )
         entries.append({"path": rel, "size": size, "sha256": digest})
         uri = S3Uri(target.bucket, target.prefix + rel)
-        head = _head(client, uri)
-        metadata = head.get("Metadata", {}) if head else {}
-        if (
-            head
-            and head.get("ContentLength") == size
-            and isinstance(metadata, dict)
-            and metadata.get("sha256") == digest
-        ):
+        head = store.head(uri)
+        if head and head.size == size and head.metadata.get("sha256") == digest:
             skipped += 1
             continue
         print(f"upload {rel} ({human_bytes(size)}) -> {uri}", file=out, flush=True)
         try:
-            client.upload_file(
-                str(path),
-                uri.bucket,
-                uri.key,
-                ExtraArgs={"Metadata": {"sha256": digest}},
-                Config=config,
-            )
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise CacheError(f"upload failed: {describe(exc, uri)}") from None
-        except Exception as exc:  # boto3's S3UploadFailedError wraps the ClientError
-            cause = exc.__cause__ or exc
-            raise CacheError(f"upload failed: {describe(cause, uri)}") from None
+            store.upload_file(str(path), uri, None, metadata={"sha256": digest}, what="model")
+        except StorageError as exc:
+            raise StorageError(f"upload failed: {exc}", permanent=exc.permanent) from None
         uploaded += size
     raw = build_manifest(entries)
     try:
-        client.put_object(
-            Bucket=manifest_uri.bucket,
-            Key=manifest_uri.key,
-            Body=raw,
-            ContentType="application/json",
-        )
-    except botocore.exceptions.ClientError as exc:
-        raise CacheError(f"writing the manifest failed: {describe(exc, manifest_uri)}") from None
+        store.put_bytes(manifest_uri, raw, "application/json", what="manifest")
+    except StorageError as exc:
+        raise StorageError(f"writing the manifest failed: {exc}", permanent=exc.permanent) from None
     return PublishResult(
         str(S3Uri(target.bucket, target.prefix)),
         len(files),
@@ -203,7 +168,9 @@ def _folder_files(folder: Path) -> list[str]:
 
 def _check_vocoder_slot(names: list[str], where: str) -> None:
     if any(name.split("/")[0] == model_folder.VOCODER_DIR for name in names):
-        raise CacheError(f"{where} already holds {model_folder.VOCODER_DIR}/: leave out --vocoder")
+        raise StorageError(
+            f"{where} already holds {model_folder.VOCODER_DIR}/: leave out --vocoder"
+        )
 
 
 def _local_vocoder(path: Path) -> dict[str, Path]:
@@ -211,7 +178,7 @@ def _local_vocoder(path: Path) -> dict[str, Path]:
     files = {name: path / name for name in model_folder.VOCODER_FILES}
     missing = [name for name, file in files.items() if not file.is_file()]
     if missing:
-        raise CacheError(
+        raise StorageError(
             f"--vocoder {path}: expected a folder holding {' and '.join(model_folder.VOCODER_FILES)} "
             f"(hf://{model_folder.VOCODER_REPO}'s files); missing {', '.join(missing)}"
         )
@@ -252,10 +219,10 @@ def publish_source(
     vocoder_uri = hf.HfUri.parse(vocoder) if vocoder and hf.is_hf_uri(vocoder) else None
     vocoder_dir = Path(vocoder) if vocoder and vocoder_uri is None else None
     if model_config is not None and not model_config.is_file():
-        raise CacheError(f"--model-config {model_config}: no such file")
+        raise StorageError(f"--model-config {model_config}: no such file")
     target = _target(dest)
-    client = client or make_client()
-    _refuse_existing(client, target, force)  # before any byte comes from the hub
+    made = client or make_client()
+    _refuse_existing(ObjectStore(lambda: made), target, force)  # before any byte comes from the hub
     vocoder_names = (
         [f"{model_folder.VOCODER_DIR}/{name}" for name in model_folder.VOCODER_FILES]
         if vocoder
@@ -270,7 +237,7 @@ def publish_source(
     )
 
     def check(names: list[str]) -> model_folder.Completion | None:
-        """What the folder's files (names relative to it) need; raises CacheError if impossible."""
+        """What the folder's files (names relative to it) need; raises StorageError if impossible."""
         if vocoder:
             _check_vocoder_slot(names, where)
         try:
@@ -282,7 +249,7 @@ def publish_source(
                 config_file=model_config,
             )
         except model_folder.ModelFolderError as exc:
-            raise CacheError(str(exc)) from None
+            raise StorageError(str(exc)) from None
 
     if work_dir is not None:
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -341,7 +308,7 @@ def publish_source(
             dest,
             force=force,
             multipart_mib=multipart_mib,
-            client=client,
+            client=made,
             out=out,
             expect_sha256=expected,
             extra_files=extra,
@@ -406,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
             multipart_mib=args.multipart_mib,
             work_dir=args.work_dir,
         )
-    except CacheError as exc:
+    except StorageError as exc:
         print(f"error: publish failed: {exc}", file=sys.stderr, flush=True)
         return 1
     summary: dict[str, object] = {

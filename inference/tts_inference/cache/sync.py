@@ -18,8 +18,6 @@ warm start then reads no byte from the bucket and takes milliseconds.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -29,43 +27,36 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import botocore.exceptions
-import urllib3.exceptions
-
-from tts_inference.cache.store import (
+from tts_inference.sizes import MIB
+from tts_inference.storage.bucket import (
     PERMANENT_EXIT,
-    CacheError,
-    PermanentCacheError,
+    TRANSIENT,
+    ObjectStore,
+    PermanentStorageError,
     S3Client,
     S3Uri,
+    StorageError,
     describe,
-    is_fatal,
     make_client,
 )
-from tts_inference.sizes import MIB
+from tts_inference.storage.files import (
+    file_lock,
+    link_atomic,
+    sha256_file,
+    write_atomic,
+    write_termination_log,
+)
 
 COMPLETE = ".complete"
 MANIFEST = "manifest.json"
+MANIFEST_LIMIT = 64 * MIB  # a manifest lists files; even thousands fit in a few MiB
 PIECE = 1 * MIB
-
-TRANSIENT = (
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.ConnectTimeoutError,
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.ResponseStreamingError,
-    botocore.exceptions.IncompleteReadError,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -108,9 +99,9 @@ class Manifest:
                     raise ValueError(f"bad size or sha256 for {path!r}")
                 files.append(ManifestFile(path, size, sha))
         except (ValueError, KeyError, TypeError) as exc:
-            raise PermanentCacheError(f"{where} is not a valid manifest: {exc}") from None
+            raise PermanentStorageError(f"{where} is not a valid manifest: {exc}") from None
         if len({f.path for f in files}) != len(files):
-            raise PermanentCacheError(f"{where} lists a file twice")
+            raise PermanentStorageError(f"{where} lists a file twice")
         return cls(tuple(files), hashlib.sha256(raw).hexdigest(), raw)
 
 
@@ -182,37 +173,6 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- locking
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, what: str, out: TextIO, doing: str = "syncing") -> Iterator[None]:
-    """An exclusive inter-process lock (flock) that says when it has to wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting: another process is {doing} {what}", file=out, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # --------------------------------------------------------------------------- one file
@@ -309,14 +269,14 @@ def load_resume_state(job: FileJob) -> None:
 class Downloader:
     def __init__(
         self,
-        client: S3Client,
+        store: ObjectStore,
         progress: Progress,
         *,
         max_attempts: int = 10,
         backoff: float = 0.2,
         out: TextIO = sys.stderr,
     ) -> None:
-        self.client = client
+        self.store = store
         self.progress = progress
         self.max_attempts = max_attempts
         self.backoff = backoff
@@ -330,10 +290,7 @@ class Downloader:
                 return
             offset = chunk.start + chunk.written
             try:
-                resp = self.client.get_object(
-                    Bucket=job.uri.bucket, Key=job.uri.key, Range=f"bytes={offset}-{chunk.end - 1}"
-                )
-                body = resp["Body"]
+                body = self.store.open_range(job.uri, offset, chunk.end - 1)
                 read_into = _zero_copy_reader(body)
                 buf = memoryview(bytearray(PIECE))
                 try:
@@ -352,9 +309,9 @@ class Downloader:
                     body.close()
                 if not chunk.done:
                     raise ConnectionError(f"response ended at byte {offset} of {chunk.end}")
-            except botocore.exceptions.ClientError as exc:
-                if is_fatal(exc):
-                    raise PermanentCacheError(describe(exc, job.uri)) from None
+            except StorageError as exc:
+                if exc.permanent:
+                    raise
                 attempt = self._retry(attempt, exc, job)
             except TRANSIENT as exc:
                 attempt = self._retry(attempt, exc, job)
@@ -362,7 +319,7 @@ class Downloader:
     def _retry(self, attempt: int, exc: BaseException, job: FileJob) -> int:
         attempt += 1
         if attempt >= self.max_attempts:
-            raise CacheError(
+            raise StorageError(
                 f"giving up on {job.uri} after {attempt} attempts: {describe(exc, job.uri)}"
             )
         delay = min(self.backoff * 2 ** (attempt - 1), 10.0) * (0.5 + random.random())
@@ -372,7 +329,7 @@ class Downloader:
             flush=True,
         )
         if self.cancelled.wait(delay):
-            raise CacheError("cancelled")
+            raise StorageError("cancelled")
         return attempt
 
     def advance_hash(self, job: FileJob) -> None:
@@ -388,7 +345,7 @@ class Downloader:
                     while pos < chunk.end:
                         got = os.preadv(job.fd, [buf[: min(len(buf), chunk.end - pos)]], pos)
                         if not got:
-                            raise CacheError(f"{job.part} is shorter than expected")
+                            raise StorageError(f"{job.part} is shorter than expected")
                         job.hasher.update(buf[:got])
                         pos += got
                     job.hashed_chunks += 1
@@ -408,7 +365,7 @@ class Downloader:
             job.fd = -1
             job.part.unlink(missing_ok=True)
             job.progress.unlink(missing_ok=True)
-            raise CacheError(
+            raise StorageError(
                 f"sha256 mismatch for {job.uri}: expected {job.entry.sha256}, got {digest} "
                 f"({size} bytes); the object in the bucket does not match its manifest"
             )
@@ -453,7 +410,7 @@ def model_name_from_source(src: S3Uri) -> str:
         return parts[-2]
     if parts:
         return parts[-1]
-    raise CacheError(f"cannot tell the model name from {src}: pass --name")
+    raise StorageError(f"cannot tell the model name from {src}: pass --name")
 
 
 def source_pointer(cache_dir: Path, name: str, source: str) -> Path:
@@ -468,7 +425,7 @@ def verify_complete(target: Path, level: str) -> Manifest | None:
         return None
     try:
         manifest = Manifest.parse((target / MANIFEST).read_bytes(), str(target / MANIFEST))
-    except (OSError, CacheError):
+    except (OSError, StorageError):
         return None
     for entry in manifest.files:
         path = target / entry.path
@@ -482,30 +439,16 @@ def verify_complete(target: Path, level: str) -> Manifest | None:
     return manifest
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while data := fh.read(8 * MIB):
-            h.update(data)
-    return h.hexdigest()
-
-
-def _get_small(client: S3Client, uri: S3Uri, attempts: int = 8) -> bytes:
+def _get_small(store: ObjectStore, uri: S3Uri, attempts: int = 8) -> bytes:
     for attempt in range(1, attempts + 1):
         try:
-            body = client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"]
-            try:
-                return body.read()
-            finally:
-                body.close()
-        except botocore.exceptions.ClientError as exc:
-            if is_fatal(exc):
-                raise PermanentCacheError(describe(exc, uri)) from None
-            if attempt == attempts:
-                raise CacheError(describe(exc, uri)) from None
+            return store.get_bytes(uri, MANIFEST_LIMIT)
+        except StorageError as exc:
+            if exc.permanent or attempt == attempts:
+                raise
         except TRANSIENT as exc:
             if attempt == attempts:
-                raise CacheError(f"giving up on {uri}: {describe(exc, uri)}") from None
+                raise StorageError(f"giving up on {uri}: {describe(exc, uri)}") from None
         time.sleep(min(0.2 * 2**attempt, 5.0))
     raise AssertionError("unreachable")
 
@@ -540,9 +483,9 @@ def sync(
                 name, digest, models / digest, 0, 0, n, time.monotonic() - start, True
             )
 
-    client = client_factory(workers)
+    store = ObjectStore(lambda: client_factory(workers))
     manifest_uri = S3Uri(src.bucket, src.prefix + MANIFEST)
-    manifest = Manifest.parse(_get_small(client, manifest_uri), str(manifest_uri))
+    manifest = Manifest.parse(_get_small(store, manifest_uri), str(manifest_uri))
     target = models / manifest.digest
     lock = cache_dir / ".locks" / f"models-{name}-{manifest.digest[:16]}.lock"
 
@@ -550,7 +493,7 @@ def sync(
         if verify_complete(target, verify) is None:
             (target / COMPLETE).unlink(missing_ok=True)
             downloaded, fetched, reused = _download(
-                client,
+                store,
                 src,
                 manifest,
                 target,
@@ -584,7 +527,7 @@ def sync(
 
 
 def _download(
-    client: S3Client,
+    store: ObjectStore,
     src: S3Uri,
     manifest: Manifest,
     target: Path,
@@ -622,7 +565,7 @@ def _download(
     target.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(target).free
     if needed + reserve_bytes > free:
-        raise CacheError(
+        raise StorageError(
             f"not enough free space in {cache_dir}: the model needs {human_bytes(needed)} ({needed} bytes) "
             f"more plus a {human_bytes(reserve_bytes)} reserve, and {human_bytes(free)} is free; "
             f"grow the cache volume (spec.storage.cache.size) or free space"
@@ -635,7 +578,7 @@ def _download(
     progress.add(
         resumed + sum(e.size for e in manifest.files if (target / e.path).exists()), fetched=False
     )
-    downloader = Downloader(client, progress, out=out)
+    downloader = Downloader(store, progress, out=out)
     try:
         for job in jobs:
             job.fd = os.open(job.part, os.O_RDWR | os.O_CREAT, 0o644)
@@ -667,7 +610,7 @@ def _download(
                 raise exc
         unfinished = [str(j.uri) for j in jobs if not j.finished]
         if unfinished:
-            raise CacheError(f"files not completed: {', '.join(unfinished)}")
+            raise StorageError(f"files not completed: {', '.join(unfinished)}")
     finally:
         for job in jobs:
             for fd in (job.fd, job.progress_fd):
@@ -675,22 +618,6 @@ def _download(
                     os.close(fd)
     print(progress.line(), file=out, flush=True)
     return len(jobs), progress.fetched, reused
-
-
-def write_termination_log(path: Path | None, line: str) -> None:
-    """Leave ``line`` where Kubernetes reads a container's termination message (best effort)."""
-    if path is not None:
-        with contextlib.suppress(OSError):
-            path.write_text(line)
-
-
-def link_atomic(link: Path, target: Path) -> None:
-    """Point ``link`` at ``target``, replacing any old link in one rename."""
-    link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.with_name(f".{link.name}.tmp.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target.absolute(), target_is_directory=True)
-    os.replace(tmp, link)
 
 
 # --------------------------------------------------------------------------- command
@@ -751,7 +678,7 @@ def run(args: argparse.Namespace) -> int:
             reserve_bytes=args.reserve_mib * MIB,
             progress_interval=args.progress_interval,
         )
-    except CacheError as exc:
+    except StorageError as exc:
         message = f"sync failed: {exc}"
         print(f"error: {message}", file=sys.stderr, flush=True)
         write_termination_log(
