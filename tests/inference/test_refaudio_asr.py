@@ -11,7 +11,7 @@ import pytest
 
 from tts_inference.engine.asr import WhisperTranscriber, find_asr_model
 from tts_inference.errors import BadRequest
-from tts_inference.jobs import _finish_in_thread
+from tts_inference.jobs import finish_in_thread
 from tts_inference.refaudio import prepare_reference
 from tts_inference.voices import VoiceStore
 
@@ -153,7 +153,7 @@ def test_finish_in_thread_waits_for_the_thread_then_cancels() -> None:
         return "result"
 
     async def main() -> tuple[str, bool]:
-        task = asyncio.create_task(_finish_in_thread(work))
+        task = asyncio.create_task(finish_in_thread(work))
         await asyncio.to_thread(started.wait, 10)
         task.cancel()
         await asyncio.sleep(0)  # a bare yield (no waiting): the cancellation is delivered

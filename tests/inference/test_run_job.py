@@ -27,8 +27,9 @@ from tests.inference.test_api import running, wait_ready
 from tests.inference.test_voices_jobs import post_job, wait_job
 from tests.support.media import REFERENCE_TEXT, reference_as
 from tests.support.s3 import S3Server, free_port
-from tts_inference import audio, jobs, runjob
+from tts_inference import audio, runjob
 from tts_inference.engine.fake import FakeEngine
+from tts_inference.jobs import sink as jobs
 from tts_operator.builders.objects import run_job_command
 
 BUCKET = "tts-runjob"

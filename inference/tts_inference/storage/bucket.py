@@ -499,3 +499,14 @@ class ObjectStore:
         except _BOTO_ERRORS as exc:
             raise classify(exc, uri) from None
         return [str(u["UploadId"]) for u in response.get("Uploads", []) if u.get("Key") == uri.key]
+
+    def abort_uploads(self, uri: S3Uri) -> None:
+        """Abort the multipart uploads still open for one key (s3transfer aborts its own
+        failed uploads; this clears what it could not)."""
+        try:
+            for upload_id in self.pending_uploads(uri):
+                self.client.abort_multipart_upload(
+                    Bucket=uri.bucket, Key=uri.key, UploadId=upload_id
+                )
+        except _BOTO_ERRORS as exc:
+            raise classify(exc, uri) from None

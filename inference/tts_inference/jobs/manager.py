@@ -1,53 +1,4 @@
-"""Asynchronous synthesis jobs: long text in, one audio object in the bucket out.
-
-A job runs as an asyncio task owned by the app's lifespan. It reads its text
-(inline or from an allowed ``s3://`` URI), splits it as F5-TTS does, and feeds
-the chunks through the same batching queue as live requests, on the JOB lane:
-live requests always go first, and a job keeps at most ``window`` chunks in the
-queue (shared by all jobs), so it can never fill the queue against live
-traffic. Chunks are cross-faded and encoded as they arrive into a temporary
-file (memory stays flat for a chapter), which is uploaded to the final key
-with ``upload_file``: one PUT or a multipart upload whose completion is
-atomic, aborted on failure. So the object is whole or absent, and only after
-it exists is the job marked succeeded.
-
-Job ids and restarts. With an ``Idempotency-Key`` the id is derived from the
-key (``sha256("tts-job\\0" + key)[:32]``), so every replica and every restart
-maps a key to the same id without coordination. The job's record is written
-to ``<jobs-uri>/<id>.json`` at each state change and every
-``heartbeat_seconds`` while it runs, so a GET on any replica, or after a
-restart, finds it by id alone (the output URI is chosen per job and cannot be
-found from the id). A result record ``<output-key>.tts-job.json`` is written
-beside the audio after the audio exists, and the audio carries the job id in
-its metadata: a job whose index record is missing or stale but whose output
-exists is reported succeeded, never failed.
-
-The same key never runs twice: a repeated POST returns the existing job, here
-or from the bucket. The one exception is a run that never finished (the
-server stopped, or its heartbeats went stale): it is reported failed with
-``retryable: true``, and a POST with the same key runs it again (``attempts``
-counts the runs), which cannot produce a second output because the first
-never wrote one.
-
-One pipeline, two callers. The server submits jobs as tasks; ``tts-inference
-run-job`` (a batch TTSJob pod) runs one job in the foreground through the same
-``JobManager``: ``prepare`` (validation), ``finished`` (idempotency),
-``gather`` (text and voice, before any model is loaded) and ``run``. A job's
-voice is a registered voice's name or its own reference clip
-(``{"refAudio", "refText"}``, see ``VoiceStore.reference``).
-
-Parts. A run-job pod of an Indexed Job with N pods (``parts``) splits the
-whole text into the same chunk list as every other pod, synthesizes its
-contiguous share (part I gets chunks ``[I*n//N, (I+1)*n//N)``, each with seed
-``seed + global chunk index``), cross-faded but not clipped, and uploads it as
-a float32 wav to ``<output key>.parts/<I>-of-<N>.wav``, tagged with the
-request's fingerprint and the chunk plan's digest. It then lists the parts:
-when all N of this request are there it joins them in order with the same
-cross-fade as between chunks (so the result equals a one-part run), encodes
-the requested format, uploads the output and its result record and deletes the
-parts; otherwise it leaves the join to the pod that finishes last. A part that
-exists with the same fingerprint is never synthesized again.
-"""
+"""JobManager: submission, lookup, cancelling and running of jobs (see the package's notes)."""
 
 from __future__ import annotations
 
@@ -58,262 +9,33 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import tempfile
-import threading
 import time
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar
-
-import numpy as np
-import soundfile as sf  # type: ignore[import-untyped]
+from dataclasses import replace
+from typing import Any, NoReturn
 
 from tts_inference import audio
-from tts_inference.engine.base import (
-    SAMPLE_RATE,
-    Audio,
-    SynthesisParams,
-    SynthesisRequest,
-    Voice,
-)
+from tts_inference.engine.base import SAMPLE_RATE, SynthesisParams, SynthesisRequest, Voice
 from tts_inference.errors import BadRequest, QueueFull, Unavailable
+from tts_inference.jobs import parts as job_parts
+from tts_inference.jobs.job import Job, JobFailed, JobSettings, finish_in_thread, iso_now
+from tts_inference.jobs.records import RESULT_SUFFIX, Records, job_id_for, result_uri, valid_job_id
+from tts_inference.jobs.sink import AudioSink
 from tts_inference.metrics import JOB_STATES, ServerMetrics
-from tts_inference.protocol import (
-    JOB_FORMATS,
-    TERMINAL_STATES,
-    JobRequest,
-    JobStatus,
-)
+from tts_inference.protocol import JOB_FORMATS, TERMINAL_STATES, JobRequest, JobStatus
 from tts_inference.queue import JOB
 from tts_inference.serving import SpeechService
-from tts_inference.sizes import MIB
-from tts_inference.storage.bucket import (
-    Head,
-    ObjectStore,
-    S3Uri,
-    StorageError,
-    allowed_uri,
-)
+from tts_inference.storage.bucket import Head, ObjectStore, S3Uri, StorageError, allowed_uri
 from tts_inference.voices import DEFAULT, VoiceStore, valid_name
 
 log = logging.getLogger("tts_inference.jobs")
 
-T = TypeVar("T")
-
-RESULT_SUFFIX = ".tts-job.json"
-PARTS_SUFFIX = ".parts/"
-JOIN_BLOCK = 1 << 20  # samples read from a part at a time while joining
 MAX_KEY_CHARS = 255
 INTERRUPTED = (
     "interrupted: the server stopped before the job finished; "
     "POST it again with the same Idempotency-Key to run it again"
 )
-
-
-def job_id_for(key: str | None) -> str:
-    """The job id: derived from the idempotency key (the same on every replica), else random."""
-    if key is None:
-        return uuid.uuid4().hex
-    return hashlib.sha256(f"tts-job\0{key}".encode()).hexdigest()[:32]
-
-
-def valid_job_id(job_id: str) -> bool:
-    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
-
-
-def parts_prefix(output: S3Uri) -> S3Uri:
-    """Where the parts of a split job live: ``<output key>.parts/``."""
-    return S3Uri(output.bucket, output.key + PARTS_SUFFIX)
-
-
-def part_uri(output: S3Uri, part: int, parts: int) -> S3Uri:
-    """Part ``part`` of ``parts``: ``<output key>.parts/<part>-of-<parts>.wav``."""
-    return S3Uri(output.bucket, f"{output.key}{PARTS_SUFFIX}{part}-of-{parts}.wav")
-
-
-def share(n: int, part: int, parts: int) -> tuple[int, int]:
-    """The contiguous chunk range [lo, hi) part ``part`` of ``parts`` synthesizes."""
-    return part * n // parts, (part + 1) * n // parts
-
-
-def plan_digest(chunks: list[SynthesisRequest]) -> str:
-    """What every part must agree on: the chunk texts, their seeds and parameters."""
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        p = chunk.params
-        digest.update(
-            f"{chunk.text}\0{p.seed}\0{p.speed}\0{p.nfe_step}\0{p.cfg_strength}\0".encode()
-        )
-    return digest.hexdigest()
-
-
-def _iso(ts: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if ts is None else ts, UTC).strftime(
-        "%Y-%m-%dT%H:%M:%S.%fZ"
-    )
-
-
-def _epoch(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def default_owner() -> str:
-    """This process: host (the pod), pid and a random id (a restarted container keeps the pid)."""
-    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-
-
-@dataclass(frozen=True)
-class JobSettings:
-    allowed_buckets: tuple[str, ...] = ()
-    records: S3Uri | None = None  # <jobs-uri>: where <id>.json records live
-    max_running: int = 2
-    max_pending: int = 256
-    keep_finished: int = 1000
-    max_text_chars: int = 2_000_000
-    max_text_bytes: int = 8 * MIB
-    window: int = 16  # job chunks in the queue at once, all jobs together
-    upload_attempts: int = 3
-    retry_backoff: float = 1.0
-    heartbeat_seconds: float = 10.0
-    stale_after: float = 60.0
-    owner: str = field(default_factory=default_owner)
-
-
-class JobFailed(Exception):
-    """Why a job failed, in words for its status; ``retryable`` when running it again may work;
-    ``permanent`` when the input is wrong (a bad or missing object, an unknown voice, empty
-    text): no run of the same request can succeed (run-job exits 2)."""
-
-    def __init__(self, message: str, *, retryable: bool = False, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.permanent = permanent
-
-
-@dataclass
-class Job:
-    status: JobStatus
-    request: JobRequest
-    output: S3Uri
-    text_uri: S3Uri | None
-    ref_uri: S3Uri | None = None  # the job's own reference clip
-    part: int = 0  # this pod's share of a job split over ``parts`` pods (run-job)
-    parts: int = 1
-    created: float = field(default_factory=time.monotonic)
-    started: float | None = None
-    task: asyncio.Task[None] | None = None
-    cancel_reason: str | None = None
-    publishing: bool = False
-    seq: int = 0
-    written_seq: int = -1
-    write_lock: threading.Lock = field(default_factory=threading.Lock)
-    # gathered inputs (run-job gathers them before it loads the model)
-    text: str | None = None
-    voice: Voice | None = None
-    part_checked: bool = False
-    part_head: Head | None = None  # this part, already in the bucket for this request
-    # the outcome
-    permanent: bool = False
-    joined: bool = True  # False: this part is uploaded, another pod joins the output
-    chunks_all: int = 0  # chunks of the whole text (every part)
-
-    @property
-    def terminal(self) -> bool:
-        return self.status.state in TERMINAL_STATES
-
-
-class AudioSink:
-    """Cross-faded chunks into a file as they arrive: wav/flac by soundfile, mp3/opus by ffmpeg.
-
-    ``lossless`` (wav only): float32 samples, not clipped, for a part that is joined later.
-    """
-
-    def __init__(self, path: str, fmt: str, sample_rate: int, *, lossless: bool = False) -> None:
-        self.joiner = audio.CrossFader(sample_rate)
-        self.sample_rate = sample_rate
-        self.samples = 0
-        self.lossless = lossless and fmt == "wav"
-        self._file: Any = None
-        self._encoder: audio.StreamEncoder | None = None
-        self._out: Any = None
-        if fmt in ("wav", "flac"):
-            subtype = "FLOAT" if self.lossless else "PCM_16"
-            self._file = sf.SoundFile(
-                path, "w", sample_rate, 1, format=fmt.upper(), subtype=subtype
-            )
-        else:
-            self._encoder = audio.open_stream(fmt, sample_rate)
-            self._out = open(path, "wb")  # noqa: SIM115 - closed in close()/abort()
-
-    def _write(self, samples: Audio) -> None:
-        if not len(samples):
-            return
-        if not self.lossless:
-            samples = np.clip(samples, -1.0, 1.0)
-        samples = samples.astype(np.float32, copy=False)
-        if self._file is not None:
-            self._file.write(samples)
-        elif self._encoder is not None:
-            self._out.write(self._encoder.feed(samples))
-        self.samples += len(samples)
-
-    def push(self, wave: Audio, *, continues: bool = False) -> None:
-        """The next chunk, cross-faded with what came before; or, with ``continues``, more of
-        the current one (no fade)."""
-        self._write(self.joiner.extend(wave) if continues else self.joiner.push(wave))
-
-    def push_file(self, path: str) -> None:
-        """A whole wav file as one chunk, read in blocks (memory stays flat). Blocking."""
-        with sf.SoundFile(path) as part:
-            if part.samplerate != self.sample_rate or part.channels != 1:
-                raise JobFailed(
-                    f"a part is {part.channels} channel(s) at {part.samplerate} Hz; "
-                    f"expected mono at {self.sample_rate} Hz",
-                    retryable=True,
-                )
-            # The fade with what came before needs the part's first ``fade`` samples at once.
-            head: list[Audio] = []
-            started = False
-            for block in part.blocks(blocksize=JOIN_BLOCK, dtype="float32"):
-                samples = np.asarray(block, dtype=np.float32).reshape(-1)
-                if started:
-                    self.push(samples, continues=True)
-                    continue
-                head.append(samples)
-                if sum(len(h) for h in head) >= self.joiner.fade:
-                    self.push(np.concatenate(head))
-                    started = True
-            if not started and head:
-                self.push(np.concatenate(head))
-
-    def close(self) -> None:
-        self._write(self.joiner.flush())
-        if self._file is not None:
-            self._file.close()
-        elif self._encoder is not None:
-            self._out.write(self._encoder.close())
-            self._out.close()
-
-    def abort(self) -> None:
-        """Close what is open after a failure; a close that fails too is logged, not raised,
-        so the job's own error is the one reported."""
-        try:
-            if self._file is not None:
-                self._file.close()
-            if self._encoder is not None:
-                self._encoder.abort()
-                self._out.close()
-        except OSError as exc:
-            log.warning("closing a failed job's audio: %s", exc)
 
 
 class JobManager:
@@ -341,6 +63,7 @@ class JobManager:
         self.objects = objects
         self.settings = settings
         self.metrics = metrics
+        self.records = Records(objects, settings.records, settings.stale_after)
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._submit_lock = asyncio.Lock()
         self._running = asyncio.Semaphore(max(settings.max_running, 1))
@@ -436,7 +159,7 @@ class JobManager:
             voice=req.voice_label(),
             format=fmt,
             output_uri=str(output),
-            created_at=_iso(),
+            created_at=iso_now(),
             owner=self.settings.owner,
             fingerprint=self._fingerprint(req),
         )
@@ -457,7 +180,7 @@ class JobManager:
             existing = self._jobs.get(job_id)
             found = existing.status if existing is not None else None
             if found is None and key is not None:
-                found = await asyncio.to_thread(self._lookup, job_id, job.output)
+                found = await asyncio.to_thread(self.records.lookup, job_id, job.output)
             if found is not None:
                 if found.fingerprint and found.fingerprint != fingerprint:
                     raise BadRequest(
@@ -485,7 +208,7 @@ class JobManager:
                     await asyncio.to_thread(
                         self.voices.reference, job.ref_uri, req.voice.ref_text, transcribe=False
                     )
-            status.created_at = _iso()
+            status.created_at = iso_now()
             job.created = time.monotonic()
             self._jobs[job_id] = job
             self._jobs.move_to_end(job_id)
@@ -499,7 +222,7 @@ class JobManager:
         """The result of an earlier run of this same request when its output exists (so it
         must not run again); JobFailed (permanent) when the output holds another request's
         audio under the same job id."""
-        found = await asyncio.to_thread(self._result_beside, job.status.id, job.output)
+        found = await asyncio.to_thread(self.records.result_beside, job.status.id, job.output)
         if found is None:
             return None
         if found.fingerprint and found.fingerprint != job.status.fingerprint:
@@ -518,13 +241,13 @@ class JobManager:
         """
         if self.objects is None:
             raise JobFailed("no bucket access for the output", permanent=True)
-        uri = S3Uri(job.output.bucket, job.output.key + RESULT_SUFFIX)
+        uri = result_uri(job.output)
         try:
             self.objects.exists(uri)
         except StorageError as exc:
             self._output_error(job, uri, exc)
         if job.parts > 1:  # the parts are listed to find out whether all are there
-            prefix = parts_prefix(job.output)
+            prefix = job_parts.parts_prefix(job.output)
             try:
                 self.objects.list_keys(prefix, limit=1)
             except StorageError as exc:
@@ -555,7 +278,9 @@ class JobManager:
         if job.voice is None:
             job.voice = await asyncio.to_thread(self._voice, job)
         if job.parts > 1 and not job.part_checked:
-            job.part_head = await asyncio.to_thread(self._part_done, job)
+            if self.objects is None:
+                raise JobFailed("no bucket access for the parts", permanent=True)
+            job.part_head = await asyncio.to_thread(job_parts.part_done, self.objects, job)
             job.part_checked = True
 
     async def run(self, job: Job) -> None:
@@ -570,10 +295,15 @@ class JobManager:
     async def get(self, job_id: str) -> JobStatus:
         job = self._jobs.get(job_id) if valid_job_id(job_id) else None
         if job is not None:
+            task = job.task
+            if job.terminal and task is not None and not task.done():
+                # Ended, its record still being written: report the end once it is recorded,
+                # so whoever reads the bucket next finds what this answer says.
+                await asyncio.wait({task}, timeout=30)
             return job.status.model_copy(deep=True)
         found = None
-        if valid_job_id(job_id) and self.settings.records is not None:
-            found = await asyncio.to_thread(self._lookup, job_id, None)
+        if valid_job_id(job_id) and self.records.prefix is not None:
+            found = await asyncio.to_thread(self.records.lookup, job_id, None)
         if found is None:
             raise BadRequest(f"unknown job {job_id!r}", "id", 404)
         return found
@@ -600,18 +330,8 @@ class JobManager:
     async def _cancel_elsewhere(self, job_id: str) -> JobStatus:
         """A job another replica runs: leave a cancel marker its heartbeat will see."""
         status = await self.get(job_id)
-        if status.state in TERMINAL_STATES or self.settings.records is None:
-            return status
-        assert self.objects is not None
-        marker = self.settings.records.join(f"{job_id}.cancel")
-        try:
-            await asyncio.to_thread(
-                self.objects.put_bytes, marker, b"cancel", "text/plain", what="record"
-            )
-        except StorageError as exc:
-            raise Unavailable(
-                f"could not ask the server running {job_id} to cancel: {exc}"
-            ) from None
+        if status.state not in TERMINAL_STATES:
+            await self.records.ask_cancel(job_id)
         return status
 
     async def close(self) -> None:
@@ -648,100 +368,6 @@ class JobManager:
         for state, n in counts.items():
             self.metrics.jobs.labels(state).set(n)
 
-    # ------------------------------------------------------------------ records
-
-    def _record_uri(self, job_id: str) -> S3Uri | None:
-        records = self.settings.records
-        return records.join(f"{job_id}.json") if records is not None else None
-
-    async def _save(self, job: Job) -> None:
-        """Write the job's record (latest state wins; never a stale state over a newer one)."""
-        uri = self._record_uri(job.status.id)
-        if uri is None or self.objects is None:
-            return
-        job.status.updated_at = _iso()
-        job.seq += 1
-        seq, data = job.seq, job.status.model_dump_json(by_alias=True, indent=1).encode()
-        objects = self.objects
-
-        def write() -> None:
-            with job.write_lock:
-                if seq <= job.written_seq:
-                    return
-                try:
-                    objects.put_bytes(uri, data, "application/json", what="record")
-                except StorageError as exc:
-                    log.warning("could not write the record of job %s: %s", job.status.id, exc)
-                    return
-                job.written_seq = seq
-
-        await _finish_in_thread(write)
-
-    def _lookup(self, job_id: str, output: S3Uri | None) -> JobStatus | None:
-        """What the bucket says about a job this process does not hold (blocking)."""
-        record: JobStatus | None = None
-        uri = self._record_uri(job_id)
-        objects = self.objects
-        if uri is not None and objects is not None:
-            try:
-                record = JobStatus.model_validate_json(objects.get_bytes(uri, 1 * MIB))
-            except StorageError as exc:
-                if not exc.missing:
-                    raise Unavailable(f"could not read the record of job {job_id}: {exc}") from None
-            except ValueError as exc:
-                log.warning("the record of job %s is unreadable: %s", job_id, exc)
-        if record is not None and record.state in TERMINAL_STATES:
-            return record
-        if record is not None and record.output_uri:
-            output = S3Uri.parse(record.output_uri)
-        result = self._result_beside(job_id, output) if output is not None else None
-        if result is not None:
-            return result
-        if record is None:
-            return None
-        age = time.time() - (_epoch(record.updated_at) or 0.0)
-        if age > self.settings.stale_after:
-            record.state = "failed"
-            record.retryable = True
-            record.error = (
-                f"interrupted: {record.owner or 'the server running it'} sent no heartbeat for "
-                f"{age:.0f} s; POST it again with the same Idempotency-Key to run it again"
-            )
-        return record
-
-    def _result_beside(self, job_id: str, output: S3Uri) -> JobStatus | None:
-        """A succeeded job's status from its output: the result record, or the audio's metadata."""
-        if self.objects is None:
-            return None
-        try:
-            raw = self.objects.get_bytes(S3Uri(output.bucket, output.key + RESULT_SUFFIX), MIB)
-            result = JobStatus.model_validate_json(raw)
-            if result.id == job_id and result.state == "succeeded":
-                return result
-        except StorageError as exc:
-            if not exc.missing:
-                raise Unavailable(f"could not read the result of job {job_id}: {exc}") from None
-        except ValueError as exc:
-            # A result record that does not parse: the audio's own metadata decides below.
-            log.warning(
-                "job %s: the result record beside %s is unreadable: %s", job_id, output, exc
-            )
-        try:
-            head = self.objects.head(output)
-        except StorageError as exc:
-            raise Unavailable(f"could not check the output of job {job_id}: {exc}") from None
-        if head is not None and head.metadata.get("tts-job-id") == job_id:
-            seconds = head.metadata.get("tts-audio-seconds")
-            return JobStatus(
-                id=job_id,
-                state="succeeded",
-                output_uri=str(output),
-                audio_seconds=float(seconds) if seconds else None,
-                progress=1.0,
-                fingerprint=head.metadata.get("tts-fingerprint"),
-            )
-        return None
-
     # ------------------------------------------------------------------ running
 
     async def _run(self, job: Job) -> None:
@@ -768,25 +394,26 @@ class JobManager:
                 self.metrics.job_seconds.labels(outcome).observe(time.monotonic() - job.started)
             self.metrics.jobs_finished.labels(outcome).inc()
             self._count_states()
-            await self._save(job)
+            await self.records.save(job)
             log.info(
                 "job %s %s%s", status.id, status.state, f": {status.error}" if status.error else ""
             )
 
     async def _run_held(self, job: Job) -> None:
         status = job.status
-        await self._save(job)
+        await self.records.save(job)
         async with self._running:
             job.started = time.monotonic()
             status.state = "running"
-            status.started_at = _iso()
+            status.started_at = iso_now()
             status.timings.queued_seconds = round(job.started - job.created, 3)
             self._count_states()
-            await self._clear_cancel_marker(job)
-            await self._save(job)
+            if job.status.attempts > 1:
+                await self.records.clear_cancel(job.status.id)
+            await self.records.save(job)
             heartbeat = (
                 asyncio.create_task(self._heartbeat(job), name=f"heartbeat-{status.id}")
-                if self.settings.records is not None
+                if self.records.indexed
                 else None
             )
             try:
@@ -802,33 +429,19 @@ class JobManager:
         status.state = "failed"
         status.error = message
         status.retryable = retryable
-        status.completed_at = _iso()
+        status.completed_at = iso_now()
 
     async def _heartbeat(self, job: Job) -> None:
-        marker = (
-            self.settings.records.join(f"{job.status.id}.cancel") if self.settings.records else None
-        )
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)  # the heartbeat's period
-            await self._save(job)
-            if marker is not None and self.objects is not None and not job.publishing:
-                try:
-                    asked = await asyncio.to_thread(self.objects.head, marker)
-                except StorageError:
-                    continue
-                if asked is not None and job.task is not None:
-                    log.info("job %s: cancel requested through another replica", job.status.id)
-                    job.cancel_reason = "cancelled"
-                    job.task.cancel()
-                    return
-
-    async def _clear_cancel_marker(self, job: Job) -> None:
-        if self.settings.records is None or self.objects is None or job.status.attempts <= 1:
-            return
-        with contextlib.suppress(StorageError):
-            await asyncio.to_thread(
-                self.objects.delete, self.settings.records.join(f"{job.status.id}.cancel")
-            )
+            await self.records.save(job)
+            if job.publishing or not await self.records.cancel_asked(job.status.id):
+                continue
+            if job.task is not None:
+                log.info("job %s: cancel requested through another replica", job.status.id)
+                job.cancel_reason = "cancelled"
+                job.task.cancel()
+                return
 
     def _read_text(self, uri: S3Uri) -> str:
         if self.objects is None:
@@ -906,7 +519,7 @@ class JobManager:
             t0 = time.monotonic()
             await self._synthesize(job, chunks, sink)
             t1 = time.monotonic()
-            await _finish_in_thread(sink.close)
+            await finish_in_thread(sink.close)
         except BaseException:
             sink.abort()
             raise
@@ -935,13 +548,13 @@ class JobManager:
             # From here the job finishes truthfully whatever happens: no cancelling an upload.
             job.publishing = True
             t2 = time.monotonic()
-            await _finish_in_thread(self._upload, job, path, seconds, swallow_cancel=True)
+            await finish_in_thread(self._upload, job, path, seconds, swallow_cancel=True)
             status.timings.upload_seconds = round(time.monotonic() - t2, 3)
         assert job.started is not None
         elapsed = time.monotonic() - job.started
         self._succeeded(job, seconds, round(elapsed / seconds, 4) if seconds > 0 else None)
         self.metrics.audio_seconds.labels(fmt).inc(seconds)
-        await _finish_in_thread(self._write_result, job)
+        await finish_in_thread(self.records.write_result, job)
 
     def _succeeded(self, job: Job, seconds: float, rtf: float | None) -> None:
         status = job.status
@@ -949,33 +562,17 @@ class JobManager:
         status.audio_seconds = round(seconds, 3)
         status.rtf = rtf
         status.progress = 1.0
-        status.completed_at = _iso()
+        status.completed_at = iso_now()
         status.timings.total_seconds = round(time.monotonic() - job.created, 3)
         status.error = None
         status.retryable = False
 
     # ------------------------------------------------------------------ parts (run-job)
 
-    def _part_done(self, job: Job) -> Head | None:
-        """This part in the bucket, made for this same request; None when it must be made."""
-        assert self.objects is not None
-        uri = part_uri(job.output, job.part, job.parts)
-        try:
-            head = self.objects.head(uri)
-        except StorageError as exc:
-            raise JobFailed(
-                f"could not check part {uri}: {exc}",
-                retryable=not exc.permanent,
-                permanent=exc.permanent,
-            ) from None
-        if head is None or head.metadata.get("tts-fingerprint") != job.status.fingerprint:
-            return None
-        return head
-
     async def _execute_part(self, job: Job, started: float) -> None:
         """Make this pod's part (unless it exists), then join the output if every part is there."""
         status = job.status
-        uri = part_uri(job.output, job.part, job.parts)
+        uri = job_parts.part_uri(job.output, job.part, job.parts)
         if job.part_head is not None:
             log.info(
                 "job %s: part %s exists for this request; not synthesizing it again", status.id, uri
@@ -983,7 +580,7 @@ class JobManager:
             job.chunks_all = int(job.part_head.metadata.get("tts-chunks", "0") or 0)
         else:
             chunks = await self._plan(job)
-            lo, hi = share(len(chunks), job.part, job.parts)
+            lo, hi = job_parts.share(len(chunks), job.part, job.parts)
             status.chunks_total = hi - lo
             status.timings.fetch_seconds = round(time.monotonic() - started, 3)
             rate = self._rate()
@@ -994,22 +591,23 @@ class JobManager:
                 metadata = {
                     "tts-job-id": status.id,
                     "tts-fingerprint": status.fingerprint or "",
-                    "tts-plan": plan_digest(chunks),
+                    "tts-plan": job_parts.plan_digest(chunks),
                     "tts-chunks": str(len(chunks)),
                     "tts-part-chunks": str(hi - lo),
                     "tts-audio-seconds": f"{samples / rate:.3f}",
                     "tts-seconds": f"{time.monotonic() - job.started:.3f}",
                 }
                 t2 = time.monotonic()
-                await _finish_in_thread(
+                await finish_in_thread(
                     self._upload_to, job, path, uri, "audio/wav", metadata, "job_part"
                 )
                 status.timings.upload_seconds = round(time.monotonic() - t2, 3)
             log.info("job %s: part %d of %d uploaded to %s", status.id, job.part, job.parts, uri)
-        parts = await asyncio.to_thread(self._complete_parts, job)
+        assert self.objects is not None  # gather() checked it
+        parts = await asyncio.to_thread(job_parts.complete_parts, self.objects, job)
         if parts is None:
             # Another pod joins, unless one already did (then our part is a leftover).
-            done = await asyncio.to_thread(self._result_beside, status.id, job.output)
+            done = await asyncio.to_thread(self.records.result_beside, status.id, job.output)
             if done is not None and done.fingerprint in (None, status.fingerprint):
                 await asyncio.to_thread(self.delete_parts, job.output)
                 self._adopt(job, done)
@@ -1017,12 +615,12 @@ class JobManager:
             job.joined = False
             status.state = "succeeded"
             status.progress = 1.0
-            status.completed_at = _iso()
+            status.completed_at = iso_now()
             return
         job.publishing = True
-        await _finish_in_thread(self._join, job, parts, swallow_cancel=True)
+        await finish_in_thread(self._join, job, parts, swallow_cancel=True)
         self.metrics.audio_seconds.labels(status.format or "wav").inc(status.audio_seconds or 0.0)
-        await _finish_in_thread(self._write_result, job)
+        await finish_in_thread(self.records.write_result, job)
         await asyncio.to_thread(self.delete_parts, job.output)
 
     def _adopt(self, job: Job, done: JobStatus) -> None:
@@ -1032,37 +630,6 @@ class JobManager:
         status.output_uri = done.output_uri or status.output_uri
         job.chunks_all = done.chunks_total or job.chunks_all
         job.joined = True
-
-    def _complete_parts(self, job: Job) -> list[tuple[S3Uri, Head]] | None:
-        """Every part of this request, in order, when all are in the bucket; else None."""
-        assert self.objects is not None
-        try:
-            keys = set(self.objects.list_keys(parts_prefix(job.output)))
-        except StorageError as exc:
-            raise JobFailed(
-                f"could not list the parts under {parts_prefix(job.output)}: {exc}",
-                retryable=not exc.permanent,
-                permanent=exc.permanent,
-            ) from None
-        wanted = [part_uri(job.output, i, job.parts) for i in range(job.parts)]
-        if any(uri.key not in keys for uri in wanted):
-            return None
-        found: list[tuple[S3Uri, Head]] = []
-        for uri in wanted:
-            try:
-                head = self.objects.head(uri)
-            except StorageError as exc:
-                raise JobFailed(f"could not check part {uri}: {exc}", retryable=True) from None
-            if head is None or head.metadata.get("tts-fingerprint") != job.status.fingerprint:
-                return None  # gone (joined meanwhile) or left by another request: not ours yet
-            found.append((uri, head))
-        if len({head.metadata.get("tts-plan") for _, head in found}) > 1:
-            raise JobFailed(
-                "the parts split the text differently (their reference transcripts differ?): "
-                "give refText so every pod plans the same chunks",
-                permanent=True,
-            )
-        return found
 
     def _join(self, job: Job, parts: list[tuple[S3Uri, Head]]) -> None:
         """Download every part, join them with the chunk cross-fade, encode, upload (blocking)."""
@@ -1078,7 +645,9 @@ class JobManager:
                 try:
                     self.objects.download_file(uri, path)
                 except StorageError as exc:
-                    done = self._result_beside(status.id, job.output) if exc.missing else None
+                    done = (
+                        self.records.result_beside(status.id, job.output) if exc.missing else None
+                    )
                     if done is not None:  # another pod joined and removed the parts meanwhile
                         self._adopt(job, done)
                         return
@@ -1110,14 +679,7 @@ class JobManager:
 
     def delete_parts(self, output: S3Uri) -> None:
         """Remove every part of this output (best effort: a leftover is only storage)."""
-        if self.objects is None:
-            return
-        prefix = parts_prefix(output)
-        try:
-            for key in self.objects.list_keys(prefix):
-                self.objects.delete(S3Uri(prefix.bucket, key))
-        except StorageError as exc:
-            log.warning("could not delete the parts under %s: %s", prefix, exc)
+        job_parts.delete_parts(self.objects, output)
 
     async def _synthesize(self, job: Job, chunks: list[SynthesisRequest], sink: AudioSink) -> None:
         """Every chunk through the queue's JOB lane, at most ``window`` at a time, in order."""
@@ -1154,7 +716,7 @@ class JobManager:
                     ) from None
                 del pending[written]
                 self._slots.release()
-                await _finish_in_thread(sink.push, wave)
+                await finish_in_thread(sink.push, wave)
                 written += 1
                 status.chunks_done = written
                 status.progress = round(written / n, 4)
@@ -1208,46 +770,10 @@ class JobManager:
                 )
                 time.sleep(delay)  # backoff between upload attempts, in the upload's own thread
 
-    def _abort_leftovers(self, output: S3Uri) -> None:
-        """Abort multipart uploads s3transfer could not abort itself (best effort)."""
-        if self.objects is None:
-            return
-        with contextlib.suppress(StorageError, Exception):
-            for upload_id in self.objects.pending_uploads(output):
-                self.objects.client.abort_multipart_upload(
-                    Bucket=output.bucket, Key=output.key, UploadId=upload_id
-                )
-
-    def _write_result(self, job: Job) -> None:
-        """The result record beside the audio (after the audio exists). Blocking, best effort."""
-        if self.objects is None:
-            return
-        uri = S3Uri(job.output.bucket, job.output.key + RESULT_SUFFIX)
-        data = job.status.model_dump_json(by_alias=True, indent=1).encode()
+    def _abort_leftovers(self, uri: S3Uri) -> None:
+        """Abort multipart uploads a failed upload left open (a leftover costs only storage)."""
+        assert self.objects is not None
         try:
-            self.objects.put_bytes(uri, data, "application/json", what="record")
+            self.objects.abort_uploads(uri)
         except StorageError as exc:
-            log.warning("could not write the result record of job %s: %s", job.status.id, exc)
-
-
-async def _finish_in_thread(fn: Callable[..., T], *args: Any, swallow_cancel: bool = False) -> T:
-    """Run ``fn`` in a thread and wait for it to end even when cancelled (a thread cannot
-    be stopped, so nothing may go on as if it had). Then the cancellation is raised, or,
-    with ``swallow_cancel``, dropped: the caller finishes its work and reports the truth."""
-    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if not future.done() or (not future.cancelled() and future.exception() is None):
-                cancelled = True
-        except Exception:
-            break  # future.result() below raises it
-    result = future.result()
-    if cancelled:
-        if not swallow_cancel:
-            raise asyncio.CancelledError
-        if (task := asyncio.current_task()) is not None:
-            task.uncancel()
-    return result
+            log.warning("could not abort the open uploads of %s: %s", uri, exc)
