@@ -459,7 +459,7 @@ class StreamEncoder:
     def __del__(self) -> None:
         process = getattr(self, "process", None)
         if process is not None and process.returncode is None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError):  # the process may be gone already
                 self.abort()
 
 

@@ -748,8 +748,10 @@ class VoiceStore:
                 remote.join(name, META), record, "application/json", what="voice"
             )
         except StorageError as exc:
-            with contextlib.suppress(StorageError):
+            try:
                 objects.delete(audio_uri)
+            except StorageError as cleanup:
+                log.warning("could not remove the half-stored voice %s: %s", audio_uri, cleanup)
             raise Unavailable(f"could not store voice {name!r} in the bucket: {exc}") from None
 
     def delete(self, name: str) -> None:
@@ -803,7 +805,3 @@ class VoiceStore:
                 self._holds[name] -= 1
                 if self._holds[name] <= 0:
                     del self._holds[name]
-
-    def in_use(self, name: str) -> int:
-        with self._lock:
-            return self._holds[name]
