@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from tts_inference.engine.base import Voice
 from tts_inference.protocol import TERMINAL_STATES, JobRequest, JobStatus
 from tts_inference.sizes import MIB
-from tts_inference.storage.bucket import Head, S3Uri
+from tts_inference.storage.bucket import Head, S3Uri, StorageError
 
 T = TypeVar("T")
 
@@ -67,6 +67,11 @@ class JobFailed(Exception):
         super().__init__(message)
         self.retryable = retryable
         self.permanent = permanent
+
+    @classmethod
+    def of_storage(cls, message: str, exc: StorageError) -> JobFailed:
+        """A bucket failure: permanent when no retry can fix it (denied, missing), else retryable."""
+        return cls(message, retryable=not exc.permanent, permanent=exc.permanent)
 
 
 @dataclass

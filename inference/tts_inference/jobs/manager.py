@@ -260,11 +260,7 @@ class JobManager:
                 f"the output bucket {job.output.bucket!r} does not exist ({exc})",
                 permanent=True,
             ) from None
-        raise JobFailed(
-            f"could not use the output {job.output}: {exc}",
-            retryable=not exc.permanent,
-            permanent=exc.permanent,
-        ) from None
+        raise JobFailed.of_storage(f"could not use the output {job.output}: {exc}", exc) from None
 
     async def gather(self, job: Job) -> None:
         """The job's text and voice, and for a part whether it is already uploaded: all
@@ -449,11 +445,7 @@ class JobManager:
         try:
             data = self.objects.get_bytes(uri, self.settings.max_text_bytes)
         except StorageError as exc:
-            raise JobFailed(
-                f"could not read textUri {uri}: {exc}",
-                retryable=not exc.permanent,
-                permanent=exc.permanent,
-            ) from None
+            raise JobFailed.of_storage(f"could not read textUri {uri}: {exc}", exc) from None
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
@@ -755,10 +747,9 @@ class JobManager:
             except StorageError as exc:
                 if exc.permanent or attempt == attempts:
                     self._abort_leftovers(uri)
-                    raise JobFailed(
+                    raise JobFailed.of_storage(
                         f"uploading the output to {uri} failed after {attempt} attempt(s): {exc}",
-                        retryable=not exc.permanent,
-                        permanent=exc.permanent,
+                        exc,
                     ) from None
                 delay = self.settings.retry_backoff * 2 ** (attempt - 1)
                 log.warning(

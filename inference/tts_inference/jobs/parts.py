@@ -52,11 +52,7 @@ def part_done(objects: ObjectStore, job: Job) -> Head | None:
     try:
         head = objects.head(uri)
     except StorageError as exc:
-        raise JobFailed(
-            f"could not check part {uri}: {exc}",
-            retryable=not exc.permanent,
-            permanent=exc.permanent,
-        ) from None
+        raise JobFailed.of_storage(f"could not check part {uri}: {exc}", exc) from None
     if head is None or head.metadata.get("tts-fingerprint") != job.status.fingerprint:
         return None
     return head
@@ -67,10 +63,8 @@ def complete_parts(objects: ObjectStore, job: Job) -> list[tuple[S3Uri, Head]] |
     try:
         keys = set(objects.list_keys(parts_prefix(job.output)))
     except StorageError as exc:
-        raise JobFailed(
-            f"could not list the parts under {parts_prefix(job.output)}: {exc}",
-            retryable=not exc.permanent,
-            permanent=exc.permanent,
+        raise JobFailed.of_storage(
+            f"could not list the parts under {parts_prefix(job.output)}: {exc}", exc
         ) from None
     wanted = [part_uri(job.output, i, job.parts) for i in range(job.parts)]
     if any(uri.key not in keys for uri in wanted):
