@@ -22,7 +22,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -36,6 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine  # noqa: E402
 from tests.support.server import start_server  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -59,7 +59,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def baseline(model_dir: Path, size: str, nfe: int, calls: int) -> dict[str, Any]:
+def baseline(
+    model_dir: Path, size: str, nfe: int, calls: int, device: str = "cpu"
+) -> dict[str, Any]:
     """f5-tts's own F5TTS.infer, one call per sentence, on the same folder."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -82,16 +84,16 @@ def baseline(model_dir: Path, size: str, nfe: int, calls: int) -> dict[str, Any]
             ckpt_file=ckpt,
             vocab_file=vocab,
             vocoder_local_path=vocos,
-            device="cpu",
+            device=device,
         )
     else:
         # F5TTS() reads the arch of a packaged config by name; the tiny arch is not one,
         # so build the same object around the package's own loaders and keep F5TTS.infer.
         tts = F5TTS.__new__(F5TTS)
         tts.final_wave, tts.target_sample_rate, tts.mel_spec_type = None, 24000, "vocos"
-        tts.ode_method, tts.use_ema, tts.device = "euler", True, "cpu"
-        tts.vocoder = load_vocoder("vocos", True, vocos, "cpu")
-        tts.ema_model = load_model(DiT, cfg["arch"], ckpt, "vocos", vocab, "euler", True, "cpu")
+        tts.ode_method, tts.use_ema, tts.device = "euler", True, device
+        tts.vocoder = load_vocoder("vocos", True, vocos, device)
+        tts.ema_model = load_model(DiT, cfg["arch"], ckpt, "vocos", vocab, "euler", True, device)
     ref_text = VOICE_TXT.read_text().strip()
     tts.infer(
         str(VOICE_WAV),
@@ -116,6 +118,9 @@ def baseline(model_dir: Path, size: str, nfe: int, calls: int) -> dict[str, Any]
         )
         times.append(time.perf_counter() - start)
         audio.append(len(wav) / sr)
+    del tts
+    if device.startswith("cuda"):  # leave the GPU's memory to the server
+        torch.cuda.empty_cache()
     return {"per_call_seconds": times, "audio_seconds": audio}
 
 
@@ -187,12 +192,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--baseline-calls", type=int, default=6)
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--dtype", default=None, help="the server's --dtype (default: none, the server chooses)"
+    )
     parser.add_argument(
         "--max-batch",
         type=int,
-        default=16,
-        help="the server's --max-batch (on a CPU, 1 is usually faster per audio second)",
+        default=None,
+        help="the server's --max-batch (default: none, the server's own)",
     )
     parser.add_argument(
         "--concurrent-batches",
@@ -202,6 +209,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--no-stream", action="store_true", help="skip the streaming first-byte measurement"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (the baseline's and the server's)"
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -219,7 +229,7 @@ def main() -> int:
         flush=True,
     )
 
-    base = baseline(model_dir, args.size, args.nfe_step, args.baseline_calls)
+    base = baseline(model_dir, args.size, args.nfe_step, args.baseline_calls, args.device)
     per_call = statistics.median(base["per_call_seconds"])
     base_tput = sum(base["audio_seconds"]) / sum(base["per_call_seconds"])
     print(
@@ -230,8 +240,10 @@ def main() -> int:
     server = start_server(
         model_dir,
         work / "serve.log",
-        *("--nfe-step", str(args.nfe_step), "--max-batch", str(args.max_batch)),
-        *("--max-wait-ms", "30", "--dtype", args.dtype, "--max-queue", "256"),
+        *("--nfe-step", str(args.nfe_step), "--max-wait-ms", "30", "--max-queue", "256"),
+        *("--device", args.device),
+        *(("--max-batch", str(args.max_batch)) if args.max_batch else ()),
+        *(("--dtype", args.dtype) if args.dtype else ()),
         # A closed loop of k clients queues k requests: none may time out waiting.
         *("--request-timeout", "36000"),
         *(
@@ -263,20 +275,31 @@ def main() -> int:
                 f"streaming: first byte {ttfb['first_byte_seconds']:.2f}s of {ttfb['total_seconds']:.2f}s",
                 flush=True,
             )
+        build = next(
+            (
+                line
+                for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines()
+                if line.startswith("tts_build_info{")
+            ),
+            "",
+        )
+        memory = [
+            float(line.split()[-1])
+            for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines()
+            if line.startswith("tts_gpu_memory_bytes")
+        ]
+        print(f"server: {build}", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "device": "cpu",
-        },
+        "machine": {**machine(), "device": args.device},
+        "server_build_info": build,
+        "gpu_memory_bytes": memory[0] if memory else None,
         "size": args.size,
         "nfe_step": args.nfe_step,
-        "dtype": args.dtype,
-        "max_batch": args.max_batch,
+        "dtype": args.dtype or "default",
+        "max_batch": args.max_batch or "default",
         "concurrent_batches": args.concurrent_batches or "default",
         "baseline": {"per_call_seconds_median": per_call, "throughput": base_tput, **base},
         "levels": results,
@@ -288,7 +311,8 @@ def main() -> int:
         or ROOT
         / "bench"
         / "out"
-        / f"server-{args.size}-{args.dtype}-b{args.max_batch}-c{args.concurrent_batches or 'default'}.json"
+        / f"server-{args.size}-{args.dtype or 'default'}-b{args.max_batch or 'default'}"
+        f"-c{args.concurrent_batches or 'default'}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

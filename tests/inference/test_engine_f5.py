@@ -213,7 +213,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def engine(tiny: Path) -> Any:
     from tts_inference.engine.f5 import F5Engine
 
-    loaded = F5Engine(tiny, device="cpu", max_batch=8)  # batching on, as on a GPU
+    # Batching on, as on a GPU, in float32 (a CPU's own choice, int8, runs one per batch).
+    loaded = F5Engine(tiny, device="cpu", dtype="float32", max_batch=8)
     loaded.load()
     yield loaded
     loaded.unload()
@@ -326,10 +327,25 @@ def test_bad_settings_are_refused(tiny: Path) -> None:
     with pytest.raises(ValueError, match="concurrent_batches"):
         F5Engine(tiny, device="cpu", concurrent_batches=0)
     assert F5Engine(tiny, device="cpu", dtype="bfloat16").info()["dtype"] == "bfloat16"
-    # A CPU's defaults: one request per batch, two batches at once (on two or more cores).
+    # A CPU's defaults: one request per batch; dtype and batches at once as the CPU's
+    # features choose (engine/cpu.py), and said in the build info.
+    from tts_inference.engine import cpu
+
+    expected = cpu.plan(
+        "auto",
+        None,
+        flags=cpu.cpu_flags(),
+        quantized_engines=torch.backends.quantized.supported_engines,
+        threads=torch.get_num_threads(),
+    )
     defaults = F5Engine(tiny, device="cpu").info()
     assert defaults["max_batch"] == 1
-    assert defaults["concurrent_batches"] == min(2, torch.get_num_threads())
+    assert (defaults["dtype"], defaults["concurrent_batches"], defaults["cpu_choice"]) == (
+        expected.dtype,
+        expected.concurrent_batches,
+        expected.reason,
+    )
+    assert F5Engine(tiny, device="cpu", dtype="float32").info()["cpu_choice"] == cpu.REASON_FLAG
 
 
 def test_one_request_speaks_for_the_f5_duration(engine: Any) -> None:
@@ -402,7 +418,7 @@ def test_without_the_attention_mask_batching_changes_the_audio(tiny: Path) -> No
     """The reverse check: the same test fails when padded frames take part in attention."""
     from tts_inference.engine.f5 import F5Engine
 
-    unmasked = F5Engine(tiny, device="cpu", max_batch=8)
+    unmasked = F5Engine(tiny, device="cpu", dtype="float32", max_batch=8)
     unmasked._attn_mask_enabled = False
     unmasked.load()
     assert unmasked.info()["attn_mask"] is False

@@ -493,12 +493,12 @@ def test_spec_hash_is_stable_and_order_free() -> None:
     ("resources", "inference", "max_batch"),
     [
         ({}, {}, None),  # a GPU: the server's default batching
-        ({"gpus": 0}, {}, "1"),  # a CPU: one request at a time is faster there
+        ({"gpus": 0}, {}, None),  # a CPU: the server chooses for the CPU it finds
         ({"gpus": 0}, {"maxBatch": 4}, "4"),  # what the user sets wins
         ({"gpus": 2}, {"maxBatch": 16}, "16"),
     ],
 )
-def test_cpu_endpoints_serve_one_request_at_a_time_unless_told(
+def test_endpoints_leave_batching_to_the_server_unless_told(
     resources: dict[str, Any], inference: dict[str, Any], max_batch: str | None
 ) -> None:
     ep = endpoint(resources=resources, inference=inference)
@@ -506,7 +506,7 @@ def test_cpu_endpoints_serve_one_request_at_a_time_unless_told(
     argv = _containers(pod)["server"]["command"]
     args = build_parser("serve").parse_args(argv[1:])
     assert argv.count("--max-batch") <= 1
-    # None: the server's own default (8 on CUDA).
+    # None: the server's own default (8 on CUDA, its CPU plan on a CPU).
     assert args.max_batch == (None if max_batch is None else int(max_batch))
 
 
@@ -515,7 +515,7 @@ def test_a_cpu_endpoint_may_run_int8() -> None:
     pod = b.deployment(ep, CONFIG, cache_ready=True)["spec"]["template"]["spec"]
     argv = _containers(pod)["server"]["command"]
     args = build_parser("serve").parse_args(argv[1:])
-    assert (args.dtype, args.max_batch) == ("int8", 1)
+    assert (args.dtype, args.max_batch) == ("int8", None)
     default = b.deployment(endpoint(), CONFIG, cache_ready=True)["spec"]["template"]["spec"]
     assert (
         build_parser("serve").parse_args(_containers(default)["server"]["command"][1:]).dtype

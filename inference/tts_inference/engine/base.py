@@ -122,7 +122,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, max_batch_help: str
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16", "int8"],
-        help="auto: float16 on CUDA, float32 on CPU; int8: dynamic int8 Linear layers, CPU only, ~1.6x faster there",
+        help="auto: float16 on CUDA; on a CPU bfloat16 with AMX, else int8 (dynamic int8 "
+        "Linear layers, CPU only), chosen from the CPU's features",
     )
     parser.add_argument("--attn-backend", default="auto", choices=["auto", "torch", "flash_attn"])
     parser.add_argument(
@@ -136,5 +137,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, max_batch_help: str
         type=int,
         default=None,
         help="batches run at once on the one model, CPU only; they share the cores, and a "
-        "batch running alone gets them all (default: 2 on a CPU with 2+ cores, else 1)",
+        "batch running alone gets them all (default: 1 for bfloat16, else 2 on a CPU with "
+        "2+ cores)",
     )

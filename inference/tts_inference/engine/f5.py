@@ -63,6 +63,7 @@ from torch.nn.utils.rnn import pad_sequence
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+from tts_inference.engine import cpu
 from tts_inference.engine.base import (
     SAMPLE_RATE,
     Audio,
@@ -297,8 +298,20 @@ class F5Engine(Engine):
         self.max_batch = max_batch
         # The cores the batches running at once share (torch's intra-op threads).
         self._threads = torch.get_num_threads()
-        if concurrent_batches is None:
-            concurrent_batches = min(2, self._threads) if on_cpu else 1
+        #: On a CPU: the dtype and batches at once the machine's features chose (engine/cpu.py).
+        self.cpu_plan: cpu.CpuPlan | None = None
+        if on_cpu:
+            self.cpu_plan = cpu.plan(
+                dtype,
+                concurrent_batches,
+                flags=cpu.cpu_flags(),
+                quantized_engines=torch.backends.quantized.supported_engines,
+                threads=self._threads,
+            )
+            dtype = self.cpu_plan.dtype
+            concurrent_batches = self.cpu_plan.concurrent_batches
+        elif concurrent_batches is None:
+            concurrent_batches = 1
         if concurrent_batches < 1:
             raise ValueError(f"concurrent_batches must be at least 1, not {concurrent_batches}")
         if concurrent_batches > 1 and not on_cpu:
@@ -412,6 +425,14 @@ class F5Engine(Engine):
             # than cores for long.
             for block in _blocks(model.transformer):
                 block.register_forward_pre_hook(self._on_block)
+        if self.cpu_plan is not None:
+            log.info(
+                "CPU: dtype %s, %d batch(es) at once, %d thread(s): %s",
+                self.info()["dtype"],
+                self.concurrent_batches,
+                self._threads,
+                self.cpu_plan.why,
+            )
         self._config = config
         self._hop_length = int(mel["hop_length"])
         self._max_frames = min(
@@ -442,6 +463,8 @@ class F5Engine(Engine):
             "parameters": params,
             "max_batch": self.max_batch,
             "concurrent_batches": self.concurrent_batches,
+            # Why a CPU runs this dtype and these batches (engine/cpu.py's reasons).
+            "cpu_choice": self.cpu_plan.reason if self.cpu_plan is not None else "",
             "f5_tts": _f5_version(),
         }
 

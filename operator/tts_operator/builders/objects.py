@@ -326,10 +326,8 @@ def serve_command(spec: Obj) -> list[str]:
     ):
         if key in inference:
             cmd += [flag, str(inference[key])]
-    if "maxBatch" not in inference and int(spec.get("resources", {}).get("gpus", 1)) == 0:
-        # On a CPU a batch of n costs about n single passes plus padding: one at a time
-        # is faster there (docs/benchmarks.md); batching is for GPUs.
-        cmd += ["--max-batch", "1"]
+    # Nothing else is forced: the server chooses its dtype and batching for the device it
+    # finds (on a CPU from the CPU's features, engine/cpu.py); spec.inference overrides.
     cmd += ["--model-name", str(spec["model"]["name"])]
     return cmd
 
