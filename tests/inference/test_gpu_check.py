@@ -33,4 +33,5 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path: Path) -> None:
     assert report["streaming"]["first_byte_seconds"] > 0
     assert "tts_build_info{" in report["server_build_info"]
     table = (tmp_path / "gpu-check.md").read_text()
-    assert "| 1 |" in table and "| 4 |" in table
+    assert "| 1 |" in table
+    assert "| 4 |" in table
