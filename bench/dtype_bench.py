@@ -168,7 +168,6 @@ def main() -> int:
     choice = cpu.plan(
         "auto",
         None,
-        flags=cpu.cpu_flags(),
         quantized_engines=torch.backends.quantized.supported_engines,
         threads=torch.get_num_threads(),
     )

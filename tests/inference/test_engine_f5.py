@@ -334,7 +334,6 @@ def test_bad_settings_are_refused(tiny: Path) -> None:
     expected = cpu.plan(
         "auto",
         None,
-        flags=cpu.cpu_flags(),
         quantized_engines=torch.backends.quantized.supported_engines,
         threads=torch.get_num_threads(),
     )

@@ -122,8 +122,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, max_batch_help: str
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16", "int8"],
-        help="auto: float16 on CUDA; on a CPU bfloat16 with AMX, else int8 (dynamic int8 "
-        "Linear layers, CPU only), chosen from the CPU's features",
+        help="auto: float16 on CUDA; on a CPU int8 (dynamic int8 Linear layers, CPU only) "
+        "where torch has a quantized engine, else float32",
     )
     parser.add_argument("--attn-backend", default="auto", choices=["auto", "torch", "flash_attn"])
     parser.add_argument(

@@ -1,36 +1,35 @@
 """What a CPU server runs with when no flag says: the dtype and the batches at once.
 
-The choice follows the CPU's features, read from /proc/cpuinfo, so every
-process on one machine (each replica, each part of an Indexed Job) chooses
-the same and computes the same audio; each rule is a measurement
-(docs/benchmarks.md, "CPU: what --dtype auto chooses"):
+The choice follows torch's build (its quantized engines), not a timing at
+start-up, so every process on one kind of machine (each replica, each part of
+an Indexed Job) chooses the same and computes the same audio. Each rule is a
+measurement (docs/benchmarks.md, "CPU: what --dtype auto chooses"):
 
-- AMX (``amx_bf16``): bfloat16. Matrix tiles run bfloat16 in hardware: one
-  request measured 2.36x ``F5TTS.infer`` against int8's 1.66x on an AMX Xeon.
-  One batch at a time: two at once measured slower there at concurrency 4.
-- otherwise, where torch has a quantized engine: int8 (dynamic quantization of
-  the transformer's Linear layers). One DiT block at full size: 2.1x float32
-  on an AVX-512 Xeon with avx512_bf16 but no AMX (where bfloat16 measured
-  0.74x float32: without AMX its matmuls are emulated), 2.0x on an AVX2 EPYC.
-  Two batches at once on the one model, each with half the cores: +16 to +19 %
-  throughput at concurrency 16 on the EPYC, never slower for a lone request.
+- where torch has a quantized engine (every x86-64 build): int8, dynamic
+  quantization of the transformer's Linear layers. One full-size DiT block
+  runs 2.26x float32 on an AVX-512 Xeon (avx512_bf16, no AMX) and 2.0x on an
+  AVX2 EPYC; a whole request 1.73x on the Xeon. Its audio keeps 25 dB
+  signal-to-difference against float32's for the same seed. Two batches at
+  once on the one model, each with half the cores: +16 to +19 % throughput at
+  concurrency 16 on the EPYC, never slower for a lone request.
 - otherwise float32.
 
-Quality bound: a choice's audio keeps a signal-to-difference ratio of at least
-``MIN_SNR_DB`` against float32's for the same seed (measured by
-``bench/cpu_bench.py``; bfloat16 and int8 both stay above it).
+bfloat16 is never chosen by itself: without AMX it runs slower than float32
+(0.59x for a whole request on the Xeon above), and its audio measured
+-2.8 dB against float32's for the same seed on the random-weight model, far
+outside ``MIN_SNR_DB``. An AMX machine measured it faster than int8 (2.36x
+against 1.66x ``F5TTS.infer``): ``--dtype bfloat16`` is there for whoever
+checks its audio on their own weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 
 #: The least signal-to-difference ratio (dB) a chosen dtype's audio keeps against float32's.
 MIN_SNR_DB = 20.0
 
-REASON_AMX = "amx-bf16"
 REASON_INT8 = "int8-linear"
 REASON_PLAIN = "no-int8-engine"
 REASON_FLAG = "flag"
@@ -46,24 +45,10 @@ class CpuPlan:
     why: str
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
 def plan(
     dtype: str,
     concurrent_batches: int | None,
     *,
-    flags: Collection[str],
     quantized_engines: Collection[str],
     threads: int,
 ) -> CpuPlan:
@@ -78,26 +63,18 @@ def plan(
         return CpuPlan(
             dtype, batches(1 if dtype == "bfloat16" else two), REASON_FLAG, f"--dtype {dtype} given"
         )
-    if "amx_bf16" in flags:
-        return CpuPlan(
-            "bfloat16",
-            batches(1),
-            REASON_AMX,
-            "the CPU has AMX (amx_bf16): bfloat16 matmuls run in hardware",
-        )
     engines = [e for e in quantized_engines if e in ("onednn", "x86", "fbgemm")]
     if engines:
-        bf16 = "avx512_bf16" in flags
         return CpuPlan(
             "int8",
             batches(two),
             REASON_INT8,
-            "no AMX: int8 Linear layers run fastest"
-            + (" (avx512_bf16 without AMX runs bfloat16 slower than float32)" if bf16 else ""),
+            f"int8 Linear layers (torch's {engines[0]} engine) run fastest on a CPU "
+            "within the audio-quality bound",
         )
     return CpuPlan(
         "float32",
         batches(two),
         REASON_PLAIN,
-        "torch has no quantized engine for this CPU and it has no AMX",
+        "torch has no quantized engine for this CPU",
     )

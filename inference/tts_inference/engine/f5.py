@@ -304,7 +304,6 @@ class F5Engine(Engine):
             self.cpu_plan = cpu.plan(
                 dtype,
                 concurrent_batches,
-                flags=cpu.cpu_flags(),
                 quantized_engines=torch.backends.quantized.supported_engines,
                 threads=self._threads,
             )
