@@ -22,6 +22,7 @@ from tts_inference.app import build_app
 from tts_inference.engine.base import add_engine_arguments
 from tts_inference.settings import ServerSettings, model_dir_problem
 from tts_inference.state import ServerState
+from tts_inference.storage.files import write_termination_log
 
 log = logging.getLogger("tts_inference.serve")
 
@@ -33,9 +34,12 @@ ASR_MODEL_DIR_ENV = "TTS_ASR_MODEL_DIR"
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(
+        self, config: uvicorn.Config, state: ServerState, termination_log: Path | None = None
+    ) -> None:
         super().__init__(config)
         self.state = state
+        self.termination_log = termination_log
         self.exit_code = 0
         self._drain: asyncio.Task[None] | None = None
 
@@ -61,11 +65,19 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     def fail(self, message: str) -> None:
+        """The model could not load: exit 1, leaving why where Kubernetes (and through it the
+        operator's status) reads a container's termination message."""
+        write_termination_log(self.termination_log, f"serve failed: {' '.join(message.split())}")
         self.exit_code = 1
         self.should_exit = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--termination-log",
+        type=Path,
+        help="when the model cannot load, write why here, e.g. /dev/termination-log",
+    )
     parser.add_argument(
         "--model-dir",
         required=True,
@@ -213,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if problem := model_dir_problem(args.model_dir, args.cache_dir):
         print(f"error: {problem}", file=sys.stderr)
+        write_termination_log(args.termination_log, f"serve failed: {problem}")
         return 2
     settings = ServerSettings(
         model_dir=args.model_dir,
@@ -252,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
         workers=1,
         timeout_graceful_shutdown=5,
     )
-    server = DrainingServer(config, app.state.tts)
+    server = DrainingServer(config, app.state.tts, args.termination_log)
     holder.append(server)
     server.run()
     return server.exit_code

@@ -29,6 +29,8 @@ LABEL_KIND = f"{GROUP}/kind"
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 
 COMPONENT_SERVER = "server"
+#: Where a container leaves why it ended (Kubernetes' default terminationMessagePath).
+TERMINATION_LOG = "/dev/termination-log"
 COMPONENT_CACHE = "cache"
 COMPONENT_JOB = "job"
 
@@ -49,6 +51,7 @@ REASON_WAITING_FOR_CACHE = "WaitingForCache"
 REASON_SCALED_TO_ZERO = "ScaledToZero"
 REASON_REPLICAS_READY = "ReplicasReady"
 REASON_REPLICAS_NOT_READY = "ReplicasNotReady"
+REASON_SERVER_FAILING = "ServerFailing"
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_CLAIM_SIZE_MATCHES = "SizeMatches"
 REASON_CLAIM_EXPANDING = "Expanding"

@@ -281,6 +281,8 @@ def test_missing_model_file_is_a_clear_startup_error_not_a_download(
             "127.0.0.1",
             "--port",
             str(port),
+            "--termination-log",
+            str(tmp_path / "termination-log"),
         ],
         capture_output=True,
         text=True,
@@ -290,6 +292,10 @@ def test_missing_model_file_is_a_clear_startup_error_not_a_download(
     assert proc.returncode == 1
     assert "pytorch_model.bin" in proc.stderr
     assert "huggingface.co" not in proc.stderr.lower()
+    # What Kubernetes shows as the container's termination message, and the endpoint's status.
+    why = (tmp_path / "termination-log").read_text()
+    assert why.startswith("serve failed: ")
+    assert "pytorch_model.bin" in why
 
 
 def test_server_never_runs_pip(tiny_model: Path, tmp_path: Path) -> None:

@@ -540,3 +540,16 @@ def test_the_rollout_strategy_fits_the_claims_access_mode() -> None:
     )["spec"]["strategy"]
     # Any node can mount it: a surge pod first, so no request goes unserved.
     assert rwx["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+
+
+def test_a_server_asked_for_flash_attn_never_falls_back_and_says_why_it_stopped() -> None:
+    def serve_args(ep: dict[str, Any]) -> Any:
+        pod = b.deployment(ep, CONFIG, cache_ready=True)["spec"]["template"]["spec"]
+        return build_parser("serve").parse_args(_containers(pod)["server"]["command"][1:])
+
+    flash = ENDPOINTS["flash-attn"]
+    assert serve_args(flash).attn_backend == "flash_attn"
+    assert str(serve_args(flash).termination_log) == "/dev/termination-log"
+    assert serve_args(endpoint()).attn_backend == "auto"  # not asked for: the server decides
+    cpu = endpoint(flashAttn=flash["spec"]["flashAttn"], resources={"gpus": 0})
+    assert serve_args(cpu).attn_backend == "auto"  # flash_attn needs CUDA

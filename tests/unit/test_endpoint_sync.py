@@ -67,3 +67,105 @@ def test_the_syncs_own_progress_line_parses_into_status_figures() -> None:
     eta_unknown = sync_progress("sync m: 0 B / 1.0 GiB (0%) 0 B/s ETA ?")
     assert eta_unknown is not None
     assert eta_unknown["etaSeconds"] is None
+
+
+class Recorder:
+    """The few Kube calls sync_children makes, in memory, each one recorded."""
+
+    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+        self.objects = objects
+        self.calls: list[tuple[str, str, str]] = []
+
+    async def get(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", kind, name))
+        return self.objects.get((kind, name))
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", obj["kind"], obj["metadata"]["name"]))
+        self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
+        return obj
+
+    async def patch(self, kind: str, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("patch", kind, name))
+        return body
+
+    async def list(self, kind: str, ns: str, selector: str) -> list[dict[str, Any]]:
+        self.calls.append(("list", kind, selector))
+        return []
+
+    async def delete(self, kind: str, ns: str, name: str) -> None:
+        self.calls.append(("delete", kind, name))
+
+
+def test_a_child_this_pass_already_read_is_not_read_again() -> None:
+    import asyncio
+
+    from tts_operator.handlers.endpoint import sync_children
+
+    endpoint = {"kind": "TTSEndpoint", "metadata": {"name": "ep", "namespace": "ns", "uid": "u"}}
+    meta = {"name": "ep", "labels": {}, "ownerReferences": []}
+    scaler = {"kind": "HorizontalPodAutoscaler", "metadata": meta, "spec": {"maxReplicas": 4}}
+    stale = {**scaler, "spec": {"maxReplicas": 2}}
+    kube = Recorder({("HorizontalPodAutoscaler", "ep"): stale})
+    known = {("HorizontalPodAutoscaler", "ep"): stale}
+    asyncio.run(sync_children(kube, endpoint, [scaler], [], known))  # type: ignore[arg-type]
+    assert kube.calls == [("patch", "HorizontalPodAutoscaler", "ep")]
+    kube.calls.clear()
+    asyncio.run(sync_children(kube, endpoint, [scaler], []))  # type: ignore[arg-type]
+    assert kube.calls[0] == ("get", "HorizontalPodAutoscaler", "ep")
+
+
+def server_pod(exit_code: int, message: str, finished: str = "2026-12-06T10:00:00Z") -> Any:
+    term = {"exitCode": exit_code, "message": message, "finishedAt": finished, "reason": "Error"}
+    return {
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "server",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": term},
+                },
+            ]
+        }
+    }
+
+
+def test_a_server_that_keeps_exiting_says_why() -> None:
+    from tts_operator.handlers.endpoint import server_failure
+
+    assert server_failure([]) is None
+    assert server_failure([server_pod(0, "")]) is None
+    old = server_pod(1, "serve failed: old", "2026-12-06T09:00:00Z")
+    new = server_pod(1, "serve failed: EngineError: no vocab.txt", "2026-12-06T10:00:00Z")
+    assert server_failure([old, new]) == (
+        "the server exits with code 1: serve failed: EngineError: no vocab.txt"
+    )
+
+
+def test_a_flash_attn_the_server_cannot_import_is_a_reason_on_the_endpoint() -> None:
+    from datetime import UTC, datetime
+
+    from tts_operator.handlers.endpoint import JobState, endpoint_status
+
+    endpoint = {
+        "metadata": {"name": "ep", "generation": 3},
+        "spec": {"replicas": 1, "flashAttn": {"enabled": True, "wheel": "s3://b/w.whl"}},
+    }
+    failing = (
+        "the server exits with code 1: serve failed: EngineError: attn_backend flash_attn "
+        "asked for, but flash_attn is installed but does not import: ImportError: libcudart"
+    )
+    deployment = {"spec": {"replicas": 1}, "status": {"readyReplicas": 0}}
+    cache = JobState("succeeded", "cache synced", None)
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    status = endpoint_status(endpoint, cache, deployment, "http://ep", now, None, failing)
+    conds = {cond["type"]: cond for cond in status["conditions"]}
+    assert conds[c.FLASH_ATTN_READY]["status"] == "False"
+    assert conds[c.FLASH_ATTN_READY]["reason"] == c.REASON_FLASH_ATTN_FAILED
+    assert "does not import" in conds[c.FLASH_ATTN_READY]["message"]
+    assert conds[c.AVAILABLE]["reason"] == c.REASON_SERVER_FAILING
+    assert "vocab" not in conds[c.AVAILABLE]["message"]
+    healthy = endpoint_status(endpoint, cache, deployment, "http://ep", now, None, None)
+    assert {cond["type"]: cond for cond in healthy["conditions"]}[c.AVAILABLE]["reason"] == (
+        c.REASON_REPLICAS_NOT_READY
+    )

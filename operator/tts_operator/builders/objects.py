@@ -253,7 +253,7 @@ def cache_job(endpoint: Obj, config: BuildConfig, *, secret_version: str = "") -
         [
             *sync_command(spec["model"]["source"], link=False),
             "--termination-log",
-            "/dev/termination-log",
+            c.TERMINATION_LOG,
         ],
         spec,
         config,
@@ -315,7 +315,13 @@ def serve_command(spec: Obj) -> list[str]:
         c.CACHE_MOUNT,
         "--port",
         str(c.SERVER_PORT),
+        "--termination-log",
+        c.TERMINATION_LOG,
     ]
+    if spec.get("flashAttn", {}).get("enabled") and int(spec.get("resources", {}).get("gpus", 1)):
+        # Asked for, so never a silent fallback: a flash_attn that does not import stops the
+        # server with the import error, which the endpoint's status then shows.
+        cmd += ["--attn-backend", "flash_attn"]
     for key, flag in (
         ("nfeStep", "--nfe-step"),
         ("cfgStrength", "--cfg-strength"),
@@ -694,7 +700,7 @@ def batch_job(job: Obj, config: BuildConfig, claim_modes: list[str] | None = Non
     init = [_container("sync", sync_command(spec["model"]["source"]), spec, config, secret)]
     runner = _container(
         "run-job",
-        [*run_job_command(job), "--termination-log", "/dev/termination-log"],
+        [*run_job_command(job), "--termination-log", c.TERMINATION_LOG],
         spec,
         config,
         secret,

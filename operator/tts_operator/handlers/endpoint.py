@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -167,6 +168,26 @@ def last_line(text: str) -> str:
     return lines[-1][:500] if lines else ""
 
 
+def server_failure(pods: list[Obj]) -> str | None:
+    """Pure: why the server containers of these pods keep ending, from the newest termination
+    a pod reports (its message, as ``serve`` leaves it), or None while none failed."""
+    found: tuple[str, str] | None = None
+    for pod in pods:
+        for cs in pod.get("status", {}).get("containerStatuses", []) or []:
+            if cs.get("name") != "server":
+                continue
+            term = cs.get("state", {}).get("terminated") or cs.get("lastState", {}).get(
+                "terminated"
+            )
+            if not term or term.get("exitCode", 0) == 0:
+                continue
+            message = last_line(term.get("message") or "") or term.get("reason") or "failed"
+            when = str(term.get("finishedAt") or "")
+            if found is None or when > found[0]:
+                found = (when, f"the server exits with code {term.get('exitCode')}: {message}")
+    return found[1] if found is not None else None
+
+
 def endpoint_status(
     endpoint: Obj,
     cache: JobState | None,
@@ -174,6 +195,7 @@ def endpoint_status(
     url: str,
     now: datetime,
     claim: ClaimSize | None = None,
+    failing: str | None = None,
 ) -> Obj:
     """Pure: the status a TTSEndpoint should have, given what its children report."""
     spec, old = endpoint["spec"], endpoint.get("status", {}) or {}
@@ -231,6 +253,12 @@ def endpoint_status(
         conds = st.set_condition(
             conds, c.FLASH_ATTN_READY, False, c.REASON_FLASH_ATTN_FAILED, cache.message, gen, now
         )
+    elif failing is not None and "flash_attn" in failing:
+        # Installed in the cache, but the server cannot use it (a wheel for another torch or
+        # CUDA than the GPU node's): the server stops rather than fall back, saying why.
+        conds = st.set_condition(
+            conds, c.FLASH_ATTN_READY, False, c.REASON_FLASH_ATTN_FAILED, failing, gen, now
+        )
     elif cache is not None and cache.state == "succeeded":
         conds = st.set_condition(
             conds,
@@ -265,6 +293,8 @@ def endpoint_status(
         available = (False, c.REASON_SCALED_TO_ZERO, why)
     elif ready >= 1:
         available = (True, c.REASON_REPLICAS_READY, f"{ready}/{desired} replicas ready")
+    elif failing is not None:
+        available = (False, c.REASON_SERVER_FAILING, f"0/{desired} replicas ready: {failing}")
     else:
         available = (False, c.REASON_REPLICAS_NOT_READY, f"0/{desired} replicas ready")
     conds = st.set_condition(conds, c.AVAILABLE, available[0], available[1], available[2], gen, now)
@@ -422,14 +452,23 @@ def covers(have: Any, want: Any) -> bool:
     return bool(have == want)
 
 
-async def sync_children(kube: Kube, endpoint: Obj, wanted: list[Obj], served: list[str]) -> None:
+async def sync_children(
+    kube: Kube,
+    endpoint: Obj,
+    wanted: list[Obj],
+    served: list[str],
+    known: Mapping[tuple[str, str], Obj | None] | None = None,
+) -> None:
     """Create what is missing, update what differs, delete what the endpoint owns and no
-    longer wants (of the ``served`` kinds)."""
+    longer wants (of the ``served`` kinds). ``known``: children this pass already read,
+    by (kind, name), so each is read once."""
     ns, uid = endpoint["metadata"]["namespace"], endpoint["metadata"]["uid"]
     keep = {(obj["kind"], obj["metadata"]["name"]) for obj in wanted}
+    known = known or {}
     for obj in wanted:
         name = obj["metadata"]["name"]
-        have = await kube.get(obj["kind"], ns, name)
+        key = (obj["kind"], name)
+        have = known[key] if key in known else await kube.get(obj["kind"], ns, name)
         if have is None:
             await kube.create(obj)
         elif not covers(have, {"metadata": obj["metadata"], "spec": obj["spec"]}):
@@ -488,9 +527,11 @@ async def reconcile(
     cache_ready = cache is not None and cache.state == "succeeded"
     engine = await autoscaler_engine(kube, autoscaler_setting)
     scaler = b.autoscaler(endpoint, config, engine) if cache_ready else None
-    scaler_exists = scaler is not None and (
-        await kube.get(scaler["kind"], ns, scaler["metadata"]["name"]) is not None
-    )
+    known: dict[tuple[str, str], Obj | None] = {}
+    if scaler is not None:
+        key = (scaler["kind"], scaler["metadata"]["name"])
+        known[key] = await kube.get(key[0], ns, key[1])
+    scaler_exists = any(have is not None for have in known.values())
     want = b.deployment(endpoint, config, cache_ready=cache_ready)
     deployment = await kube.get("Deployment", ns, want["metadata"]["name"])
     if deployment is None:
@@ -508,14 +549,19 @@ async def reconcile(
         served.append("ScaledObject")
     if scaler is not None:
         children.append(scaler)
-    await sync_children(kube, endpoint, children, served)
+    await sync_children(kube, endpoint, children, served, known)
 
     if secret is None and (cache is None or cache.state != "succeeded"):
         cache = JobState(
             "failed", f"Secret {ns}/{secret_name} (spec.storage.credentialsSecret) not found"
         )
+    failing = None
+    ready = int((deployment or {}).get("status", {}).get("readyReplicas", 0) or 0)
+    if cache_ready and ready == 0:
+        selector = ",".join(f"{k}={v}" for k, v in b.server_selector(endpoint).items())
+        failing = server_failure(await kube.list("Pod", ns, selector))
     status = endpoint_status(
-        endpoint, cache, deployment, b.endpoint_url(endpoint, url_template), now, claim
+        endpoint, cache, deployment, b.endpoint_url(endpoint, url_template), now, claim, failing
     )
     if progress is not None:
         status["cacheProgress"] = progress
