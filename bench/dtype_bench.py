@@ -169,7 +169,6 @@ def main() -> int:
         "auto",
         None,
         quantized_engines=torch.backends.quantized.supported_engines,
-        threads=torch.get_num_threads(),
     )
     here = machine()
     print(f"{describe(here)}\nauto chooses: {choice}", flush=True)

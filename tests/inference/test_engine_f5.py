@@ -335,7 +335,6 @@ def test_bad_settings_are_refused(tiny: Path) -> None:
         "auto",
         None,
         quantized_engines=torch.backends.quantized.supported_engines,
-        threads=torch.get_num_threads(),
     )
     defaults = F5Engine(tiny, device="cpu").info()
     assert defaults["max_batch"] == 1

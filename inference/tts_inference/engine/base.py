@@ -137,6 +137,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, max_batch_help: str
         type=int,
         default=None,
         help="batches run at once on the one model, CPU only; they share the cores, and a "
-        "batch running alone gets them all (default: 1 for bfloat16, else 2 on a CPU with "
-        "2+ cores)",
+        "batch running alone gets them all; above 1 a request's audio may move slightly with "
+        "what runs beside it (default: 1)",
     )

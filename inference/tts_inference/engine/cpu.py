@@ -9,10 +9,16 @@ measurement (docs/benchmarks.md, "CPU: what --dtype auto chooses"):
   quantization of the transformer's Linear layers. One full-size DiT block
   runs 2.26x float32 on an AVX-512 Xeon (avx512_bf16, no AMX) and 2.0x on an
   AVX2 EPYC; a whole request 1.73x on the Xeon. Its audio keeps 25 dB
-  signal-to-difference against float32's for the same seed. Two batches at
-  once on the one model, each with half the cores: +16 to +19 % throughput at
-  concurrency 16 on the EPYC, never slower for a lone request.
+  signal-to-difference against float32's for the same seed.
 - otherwise float32.
+
+One batch at a time, with every core: a batch's kernels then always run on the
+same number of threads, so a request's audio never depends on what runs beside
+it. Two batches at once (``--concurrent-batches 2``, each re-taking its share
+of the cores per DiT block) bought +16 to +19 % at concurrency 16 on the EPYC,
+but a chunk's audio then changed with the other batch's timing (15 steps of
+16-bit audio in int8, one in float32: the parts of a split job no longer
+joined into the audio of one run).
 
 bfloat16 is never chosen by itself: without AMX it runs slower than float32
 (0.59x for a whole request on the Xeon above), and its audio measured
@@ -50,31 +56,24 @@ def plan(
     concurrent_batches: int | None,
     *,
     quantized_engines: Collection[str],
-    threads: int,
 ) -> CpuPlan:
     """The dtype and batches at once for a CPU, given what was asked for (``auto`` and None
-    leave the choice to the machine) and what the machine has."""
-    two = min(2, max(threads, 1))
-
-    def batches(default: int) -> int:
-        return default if concurrent_batches is None else concurrent_batches
-
+    leave the choice to the machine) and what torch's build has."""
+    batches = 1 if concurrent_batches is None else concurrent_batches
     if dtype != "auto":
-        return CpuPlan(
-            dtype, batches(1 if dtype == "bfloat16" else two), REASON_FLAG, f"--dtype {dtype} given"
-        )
+        return CpuPlan(dtype, batches, REASON_FLAG, f"--dtype {dtype} given")
     engines = [e for e in quantized_engines if e in ("onednn", "x86", "fbgemm")]
     if engines:
         return CpuPlan(
             "int8",
-            batches(two),
+            batches,
             REASON_INT8,
             f"int8 Linear layers (torch's {engines[0]} engine) run fastest on a CPU "
             "within the audio-quality bound",
         )
     return CpuPlan(
         "float32",
-        batches(two),
+        batches,
         REASON_PLAIN,
         "torch has no quantized engine for this CPU",
     )

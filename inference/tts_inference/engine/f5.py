@@ -305,7 +305,6 @@ class F5Engine(Engine):
                 dtype,
                 concurrent_batches,
                 quantized_engines=torch.backends.quantized.supported_engines,
-                threads=self._threads,
             )
             dtype = self.cpu_plan.dtype
             concurrent_batches = self.cpu_plan.concurrent_batches
