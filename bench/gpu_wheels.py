@@ -61,15 +61,28 @@ def render() -> str:
 
 
 def download(dest: Path) -> int:
+    """Fetch each wheel for CPython 3.12 on manylinux x86_64; a distribution published only
+    as a source archive (pure Python, e.g. antlr4-python3-runtime 4.9.3) is built into a
+    wheel here instead. Returns the number that could not be had."""
     dest.mkdir(parents=True, exist_ok=True)
-    command = [
+    binary = [
         sys.executable,
-        *("-m", "pip", "download", "--no-deps", "--only-binary=:all:"),
+        *("-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet"),
         *("--python-version", "3.12", "--implementation", "cp", "-d", str(dest)),
     ]
     for tag in PLATFORMS:
-        command += ["--platform", f"{tag}_x86_64"]
-    return subprocess.run([*command, *wanted()], check=False).returncode
+        binary += ["--platform", f"{tag}_x86_64"]
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dest)]
+    failed = 0
+    for requirement in wanted():
+        if subprocess.run([*binary, requirement], check=False).returncode == 0:
+            continue
+        if subprocess.run([*build, requirement], check=False).returncode != 0:
+            print(f"could not get a wheel for {requirement}", file=sys.stderr)
+            failed += 1
+    total = sum(f.stat().st_size for f in dest.glob("*.whl"))
+    print(f"{len(list(dest.glob('*.whl')))} wheels in {dest}: {total / 2**20:.1f} MiB")
+    return failed
 
 
 def main() -> int:
