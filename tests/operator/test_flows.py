@@ -515,3 +515,75 @@ def test_cache_progress_shows_in_status_while_the_sync_runs(
         timeout=60,
         message="never 100 % once the cache was ready",
     )
+
+
+def test_a_server_that_cannot_load_says_why_on_the_endpoint(
+    kube: Kube, ns: str, run_operator: RunOperator
+) -> None:
+    """The server container keeps exiting (a flash_attn wheel that does not import on the GPU
+    node): the endpoint says so, with serve's own message, instead of 0/1 replicas ready."""
+    run_operator()
+    wheel = "s3://my-tts-bucket/wheels/flash_attn-2.8.3+cu13torch2.11cxx11abiTRUE-cp311-cp311-linux_x86_64.whl"
+    setup(
+        kube,
+        ns,
+        nodeSelector={"nvidia.com/gpu.present": "true", HOLD_LABEL: "true"},
+        flashAttn={"enabled": True, "wheel": wheel},
+    )
+    finish_pod(kube, ns, held_pod(kube, ns, one_cache_job(kube, ns)), 0, json.dumps(SUMMARY))
+    pod = kube.wait_for(
+        lambda: next(
+            (p for p in server_pods(kube, ns) if (p.get("status") or {}).get("phase") == "Running"),
+            None,
+        ),
+        timeout=60,
+        message="no running server pod",
+    )
+    server = next(ct for ct in pod["spec"]["containers"] if ct["name"] == "server")
+    assert server["command"][server["command"].index("--attn-backend") + 1] == "flash_attn"
+    why = (
+        "serve failed: EngineError: attn_backend flash_attn asked for, but flash_attn is "
+        "installed but does not import: ImportError: libcudart.so.13: cannot open shared object"
+    )
+    now = pod["status"].get("startTime")
+    kube.patch_status(
+        "pods",
+        ns,
+        pod["metadata"]["name"],
+        {
+            "conditions": [
+                {"type": "Ready", "status": "False", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "False", "lastTransitionTime": now},
+            ],
+            "containerStatuses": [
+                {
+                    "name": "server",
+                    "image": server["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 3,
+                    "started": False,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {
+                        "terminated": {
+                            "exitCode": 1,
+                            "reason": "Error",
+                            "message": why,
+                            "startedAt": now,
+                            "finishedAt": now,
+                        }
+                    },
+                }
+            ],
+        },
+    )
+    available = kube.wait_for(
+        lambda: (a := cond(kube, ns, c.AVAILABLE)).get("reason") == c.REASON_SERVER_FAILING and a,
+        timeout=60,
+        message="the endpoint never said its server is failing",
+    )
+    assert available["status"] == "False"
+    assert why in available["message"]
+    flash = cond(kube, ns, c.FLASH_ATTN_READY)
+    assert (flash["status"], flash["reason"]) == ("False", c.REASON_FLASH_ATTN_FAILED)
+    assert "does not import" in flash["message"]
