@@ -426,7 +426,7 @@ class F5Engine(Engine):
         if self.cpu_plan is not None:
             log.info(
                 "CPU: dtype %s, %d batch(es) at once, %d thread(s): %s",
-                self.info()["dtype"],
+                self.cpu_plan.dtype,
                 self.concurrent_batches,
                 self._threads,
                 self.cpu_plan.why,

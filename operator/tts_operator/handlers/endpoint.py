@@ -168,6 +168,10 @@ def last_line(text: str) -> str:
     return lines[-1][:500] if lines else ""
 
 
+def ready_replicas(deployment: Obj | None) -> int:
+    return int((deployment or {}).get("status", {}).get("readyReplicas", 0) or 0)
+
+
 def server_failure(pods: list[Obj]) -> str | None:
     """Pure: why the server containers of these pods keep ending, from the newest termination
     a pod reports (its message, as ``serve`` leaves it), or None while none failed."""
@@ -206,7 +210,7 @@ def endpoint_status(
     if spec.get("autoscaling") and deployment and cache is not None and cache.state == "succeeded":
         # The autoscaler owns the count: what it asks for now is what is desired.
         desired = int((deployment.get("spec") or {}).get("replicas", desired))
-    ready = int((deployment or {}).get("status", {}).get("readyReplicas", 0) or 0)
+    ready = ready_replicas(deployment)
     asked = int((deployment or {}).get("spec", {}).get("replicas", 0) or 0)
     out: Obj = {"url": url, "observedGeneration": gen, "replicas": asked, "readyReplicas": ready}
 
@@ -556,8 +560,7 @@ async def reconcile(
             "failed", f"Secret {ns}/{secret_name} (spec.storage.credentialsSecret) not found"
         )
     failing = None
-    ready = int((deployment or {}).get("status", {}).get("readyReplicas", 0) or 0)
-    if cache_ready and ready == 0:
+    if cache_ready and ready_replicas(deployment) == 0:
         selector = ",".join(f"{k}={v}" for k, v in b.server_selector(endpoint).items())
         failing = server_failure(await kube.list("Pod", ns, selector))
     status = endpoint_status(
