@@ -141,11 +141,13 @@ class Guard:
                     return message
 
                 state.inflight += 1
+                state.metrics.inflight.set(state.inflight)
                 state.idle.clear()
                 try:
                     await self.app(scope, receive_limited, send_wrapper)
                 finally:
                     state.inflight -= 1
+                    state.metrics.inflight.set(state.inflight)
                     if state.inflight == 0:
                         state.idle.set()
             else:

@@ -110,6 +110,11 @@ class ServerMetrics:
             "Synthesis requests in the batches running on the device.",
             registry=r,
         )
+        self.inflight = Gauge(
+            "tts_http_requests_in_flight",
+            "API requests being received or answered; a draining server waits for them.",
+            registry=r,
+        )
         self.queue_wait_seconds = Histogram(
             "tts_queue_wait_seconds",
             "Time a synthesis request waited before its batch started.",

@@ -168,6 +168,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-running-jobs", type=int, default=2, help="jobs synthesizing at once (default 2)"
     )
     bucket.add_argument(
+        "--max-pending-jobs",
+        type=int,
+        default=256,
+        help="jobs queued or running at once; one more gets 429 (default 256)",
+    )
+    bucket.add_argument(
         "--max-upload-mb",
         type=float,
         default=10.0,
@@ -210,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.max_running_jobs < 1:
-        print("error: --max-running-jobs must be >= 1", file=sys.stderr)
+    if args.max_running_jobs < 1 or args.max_pending_jobs < 1:
+        print("error: --max-running-jobs and --max-pending-jobs must be >= 1", file=sys.stderr)
         return 2
     if args.concurrent_batches is not None and args.concurrent_batches < 1:
         print("error: --concurrent-batches must be >= 1", file=sys.stderr)
@@ -250,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         allowed_buckets=allowed,
         asr_model_dir=args.asr_model_dir,
         max_running_jobs=args.max_running_jobs,
+        max_pending_jobs=args.max_pending_jobs,
         max_upload_bytes=int(args.max_upload_mb * 1000 * 1000),
         voice_aliases=aliases,
     )

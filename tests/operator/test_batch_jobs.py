@@ -43,10 +43,16 @@ def _part_done(index: int) -> dict[str, Any]:
 
 
 def _create_ttsjob(
-    kube: Kube, ns: str, parallelism: int = PARTS, node_label: str = HOLD_LABEL, value: str = "true"
+    kube: Kube,
+    ns: str,
+    parallelism: int = PARTS,
+    node_label: str = HOLD_LABEL,
+    value: str = "true",
+    **spec: Any,
 ) -> dict[str, Any]:
     job = example("chapter-one")
     job["spec"]["parallelism"] = parallelism
+    job["spec"].update(spec)
     job["spec"]["nodeSelector"] = {node_label: value}
     return kube.create("ttsjobs", ns, job)
 
@@ -180,6 +186,27 @@ def test_a_pod_exiting_with_code_2_fails_the_indexed_job_without_retries(
     reasons = {cd["type"]: cd.get("reason") for cd in final["status"]["conditions"]}
     assert reasons["Failed"] == "PodFailurePolicy"
     assert int(final["status"].get("failed") or 0) <= PARTS, "a part was retried"
+
+
+def test_a_batch_job_past_its_deadline_is_stopped_by_the_job_controller_and_says_so(
+    kube: Kube, ns: str, run_operator: RunOperator
+) -> None:
+    """The pods are held Running for ever; the Job controller's clock ends the Job."""
+    run_operator()
+    _create_ttsjob(kube, ns, activeDeadlineSeconds=2)
+    job = _one_batch_job(kube, ns)
+    assert job["spec"]["activeDeadlineSeconds"] == 2
+    status = kube.wait_for(
+        lambda: (st := _status(kube, ns)).get("phase") == "Failed" and st,
+        timeout=60,
+        message="never Failed",
+    )
+    failed = {cond["type"]: cond for cond in status["conditions"]}["Failed"]
+    assert (failed["status"], failed["reason"]) == ("True", "DeadlineExceeded")
+    assert "spec.activeDeadlineSeconds" in status["message"]
+    final = kube.get("jobs", ns, job["metadata"]["name"]) or {}
+    reasons = {cd["type"]: cd.get("reason") for cd in final["status"]["conditions"]}
+    assert reasons["Failed"] == "DeadlineExceeded"
 
 
 def test_an_operator_restart_midway_still_makes_one_job(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kopf
 import pytest
 
@@ -15,8 +20,8 @@ os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
 from tests.inference.test_server import tiny_model
 from tests.operator.conftest import RunOperator
 from tests.support.cluster import Kube
-from tests.support.s3 import S3Server, free_port
-from tests.support.server import Server, start_server, stop
+from tests.support.s3 import Fault, S3Server, free_port
+from tests.support.server import HeldRequest, Server, start_server, stop
 from tts_inference import audio
 from tts_operator import config
 from tts_operator import main as operator_main
@@ -30,13 +35,15 @@ API_KEY = "endpoint-api-key-5678"
 
 
 def start_endpoint_server(
-    tiny_model: Path, s3: S3Server, tmp: Path, port: int | None = None
+    tiny_model: Path, s3: S3Server, tmp: Path, port: int | None = None, *extra: str
 ) -> Server:
     """The endpoint's server: the tiny model, its voices and job records in the bucket."""
-    s3.client(direct=True).create_bucket(Bucket=BUCKET)
+    with contextlib.suppress(s3.client(direct=True).exceptions.BucketAlreadyOwnedByYou):
+        s3.client(direct=True).create_bucket(Bucket=BUCKET)
     return start_server(
         tiny_model,
-        tmp / f"serve-{port}.log",
+        tmp / f"serve-{port}-{len(list(tmp.glob('serve-*.log')))}.log",
+        *extra,
         "--nfe-step",
         "2",
         "--cache-dir",
@@ -261,3 +268,119 @@ def test_a_job_survives_a_rollout_of_its_endpoint(
     assert status["attempts"] == 1
     data = s3.client(direct=True).get_object(Bucket=BUCKET, Key="outputs/rolled.wav")["Body"].read()
     assert len(audio.decode(data)) / 24000 == pytest.approx(status["audioSeconds"], rel=0.05)
+
+
+def _transient(kube: Kube, ns: str, name: str) -> Any:
+    status = (kube.get("ttsjobs", ns, name) or {}).get("status") or {}
+    return status if status.get("transientErrors") else None
+
+
+def test_a_job_sent_to_a_full_endpoint_waits_out_its_429_then_runs_once(
+    kube: Kube, ns: str, run_operator: RunOperator, tiny_model: Path, s3: S3Server, tmp_path: Path
+) -> None:
+    """The server takes one job at a time (--max-pending-jobs 1) and holds one: its text is
+    still on its way from the bucket. The TTSJob is answered 429 with Retry-After, waits
+    in Pending saying so, and runs, once, when the first job is done."""
+    srv = start_endpoint_server(tiny_model, s3, tmp_path, None, "--max-pending-jobs", "1")
+    direct = s3.client(direct=True)
+    direct.put_object(Bucket=BUCKET, Key="texts/first.txt", Body=b"The first job holds the slot.")
+    release = threading.Event()
+    held = s3.proxy.add_fault(Fault(method="GET", key_contains="texts/first.txt", hold=release))
+    try:
+        first = httpx.post(
+            f"{srv.url}/v1/jobs",
+            json={
+                "textUri": f"s3://{BUCKET}/texts/first.txt",
+                "output": {"uri": f"s3://{BUCKET}/outputs/first.wav"},
+            },
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=30,
+        )
+        assert first.status_code == 202, first.text
+        _ready_endpoint(kube, ns, run_operator, srv.url)
+        kube.create("ttsjobs", ns, _ttsjob("behind"))
+        waiting = kube.wait_for(
+            lambda: _transient(kube, ns, "behind"), timeout=60, message="never answered 429"
+        )
+        assert held.hits == 1, "the first job's text was not being read"
+    finally:
+        release.set()
+        s3.proxy.clear_faults()
+    try:
+        assert waiting["phase"] == "Pending"
+        assert "(429: 1 jobs are queued or running; the limit is 1" in waiting["message"]
+        assert "trying again in 5s" in waiting["message"], "the server's Retry-After"
+        assert not waiting.get("attempts")
+        status = kube.wait_for(
+            lambda: _finished(kube, ns, "behind"), timeout=120, message="never finished"
+        )
+        assert status["phase"] == "Succeeded", status
+        assert status["attempts"] == 1
+        assert status["transientErrors"] >= 1
+        jobs = httpx.get(
+            f"{srv.url}/v1/jobs/{first.json()['id']}",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=30,
+        ).json()
+        assert jobs["state"] == "succeeded"
+    finally:
+        stop(srv)
+    assert direct.head_object(Bucket=BUCKET, Key="outputs/behind.wav")["ContentLength"] > 44
+
+
+def test_a_job_sent_to_a_draining_endpoint_waits_out_its_503_then_runs_on_the_new_pod(
+    kube: Kube, ns: str, run_operator: RunOperator, tiny_model: Path, s3: S3Server, tmp_path: Path
+) -> None:
+    """The endpoint's pod got SIGTERM and drains a request still uploading: the TTSJob is
+    answered 503 with Retry-After, waits, and runs on the pod that replaces it, once."""
+    port = free_port()
+    old = start_endpoint_server(tiny_model, s3, tmp_path, port, "--drain-grace", "300")
+    try:
+        _ready_endpoint(kube, ns, run_operator, old.url)
+        body = {"model": "tiny", "input": "Still uploading.", "voice": "default"}
+        held = HeldRequest(old, "/v1/audio/speech", json.dumps(body).encode(), API_KEY)
+        old.proc.send_signal(signal.SIGTERM)
+        kube.wait_for(
+            lambda: httpx.get(f"{old.url}/readyz", timeout=10).status_code == 503,
+            message="the signal never started a drain",
+        )
+        kube.create("ttsjobs", ns, _ttsjob("drained"))
+        waiting = kube.wait_for(
+            lambda: _transient(kube, ns, "drained"), timeout=60, message="never answered 503"
+        )
+        assert old.proc.poll() is None, "the pod left before its request in flight ended"
+        status_code, _ = held.finish()
+        assert status_code == 200
+        assert old.proc.wait(timeout=60) == 0
+    finally:
+        stop(old)
+    assert waiting["phase"] == "Pending"
+    assert "(503: draining: the server is shutting down)" in waiting["message"], waiting
+    assert "trying again in 5s" in waiting["message"], "the server's Retry-After"
+    new = start_endpoint_server(tiny_model, s3, tmp_path, port)
+    try:
+        status = kube.wait_for(
+            lambda: _finished(kube, ns, "drained"), timeout=120, message="never finished"
+        )
+    finally:
+        stop(new)
+    assert status["phase"] == "Succeeded", status
+    assert status["attempts"] == 1
+    assert status["transientErrors"] >= 1
+
+
+def test_a_job_whose_endpoint_never_comes_fails_at_its_deadline(
+    kube: Kube, ns: str, run_operator: RunOperator
+) -> None:
+    """No TTSEndpoint by that name ever appears: two seconds after its creation the TTSJob
+    is Failed with reason DeadlineExceeded, instead of waiting for ever."""
+    settings = config.Settings(namespaces=(ns,), endpoint_url_template="http://127.0.0.1:9")
+    run_operator(memo=kopf.Memo(settings=settings))
+    kube.create("ttsjobs", ns, _ttsjob("too-late", activeDeadlineSeconds=2))
+    status = kube.wait_for(
+        lambda: _finished(kube, ns, "too-late"), timeout=60, message="never finished"
+    )
+    assert status["phase"] == "Failed"
+    assert "not finished 2s after it was created" in status["message"]
+    failed = {cond["type"]: cond for cond in status["conditions"]}["Failed"]
+    assert (failed["status"], failed["reason"]) == ("True", "DeadlineExceeded")

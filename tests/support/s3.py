@@ -61,6 +61,7 @@ class Fault:
     code: str = "InternalError"
     drop_after: int | None = None  # send this many body bytes, then close the connection
     delay: float = 0.0  # seconds before answering
+    hold: threading.Event | None = None  # answer only once the test sets it
     times: int = 1
     ranged_only: bool = False
     hits: int = 0
@@ -146,6 +147,8 @@ class Proxy:
                     proxy.traffic.header_names.update(list(headers))
                 if fault and fault.delay:
                     time.sleep(fault.delay)  # the injected slowness itself
+                if fault and fault.hold is not None:
+                    fault.hold.wait(timeout=300)
                 if fault and fault.status:
                     err = (
                         f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}</Code>'

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +74,52 @@ def start_server(
         time.sleep(0.2)  # polling a process that is starting up
     proc.kill()
     raise TimeoutError(log.read_text()[-3000:])
+
+
+class HeldRequest:
+    """A POST whose body is still arriving: the server counts it in flight (and a draining
+    server waits for it) until ``finish`` sends the rest. A slow upload, made on purpose,
+    so the test decides when it ends."""
+
+    def __init__(self, server: Server, path: str, body: bytes, api_key: str | None = None) -> None:
+        self.server = server
+        host, port = server.url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=300)
+        auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + body[:1])
+        self.rest = body[1:]
+        deadline = time.monotonic() + 60
+        while not re.search(r"^tts_http_requests_in_flight [1-9]", server.metrics(), re.M):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server never counted the held request in flight")
+            time.sleep(0.05)  # polling the server's own gauge until it counts the request
+
+    def finish(self) -> tuple[int, bytes]:
+        """Send the rest of the body; the response's status and body."""
+        self.sock.sendall(self.rest)
+        data = b""
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        self.sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        if b"transfer-encoding: chunked" in head.lower():
+            body = _unchunk(body)
+        return int(head.split()[1]), body
+
+
+def _unchunk(data: bytes) -> bytes:
+    out, pos = b"", 0
+    while True:
+        line_end = data.index(b"\r\n", pos)
+        size = int(data[pos:line_end].split(b";")[0], 16)
+        if size == 0:
+            return out
+        out += data[line_end + 2 : line_end + 2 + size]
+        pos = line_end + 2 + size + 2
 
 
 def stop(server: Server) -> int:

@@ -115,6 +115,7 @@ BATCH_JOBS = {
     "three-parts": batch(parallelism=3),
     "three-parts-no-retries": batch(parallelism=3, backoffLimit=0),
     "max-parts": batch(parallelism=64, backoffLimit=10),
+    "deadline": batch(parallelism=3, activeDeadlineSeconds=3600),
     # Free text that looks like a flag is still the text.
     "dash-text": _spoken(
         "-- and then, silence.",
@@ -213,6 +214,14 @@ def test_parts_without_a_claim_share_one_the_operator_makes_for_the_job() -> Non
     assert rwx_claim["spec"]["accessModes"] == ["ReadWriteMany"]
     spread = b.batch_job(rwx, CONFIG)["spec"]["template"]["spec"]
     assert "podAffinity" not in spread.get("affinity", {})
+
+
+def test_a_batch_deadline_is_the_jobs_own() -> None:
+    assert (
+        b.batch_job(batch(activeDeadlineSeconds=900), CONFIG)["spec"]["activeDeadlineSeconds"]
+        == 900
+    )
+    assert "activeDeadlineSeconds" not in b.batch_job(batch(), CONFIG)["spec"]
 
 
 def test_batch_job_of_one_part_stays_a_plain_job() -> None:

@@ -130,3 +130,20 @@ def test_a_single_pod_job_reports_its_output() -> None:
     assert outcome.state == "succeeded"
     assert outcome.summary is not None
     assert outcome.summary["outputUri"] == JOINED["outputUri"]
+
+
+def test_a_job_past_its_deadline_says_so_not_how_its_stopped_pods_exited() -> None:
+    job = _job(succeeded=1)
+    job["status"]["conditions"] = [
+        {
+            "type": "Failed",
+            "status": "True",
+            "reason": "DeadlineExceeded",
+            "message": "Job was active longer than specified deadline",
+        }
+    ]
+    outcome = batch_outcome(job, [_part(0), _pod(1, 143, "terminated")])
+    assert outcome.state == "failed"
+    assert outcome.reason == "DeadlineExceeded"
+    assert "Job was active longer than specified deadline" in outcome.message
+    assert "spec.activeDeadlineSeconds" in outcome.message

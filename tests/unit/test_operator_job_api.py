@@ -44,7 +44,11 @@ class FakeApi:
     ) -> None:
         self.outcomes = list(outcomes)
         self.calls: list[tuple[str, str | None]] = []
+        self.cancelled: list[str] = []
         self.remote = remote
+
+    async def cancel(self, base: str, job_id: str, api_key: str | None = None) -> None:
+        self.cancelled.append(job_id)
 
     async def get(self, base: str, job_id: str, api_key: str | None = None) -> ServerJob | None:
         return self.remote
@@ -68,9 +72,17 @@ def kube(with_secret: bool = True) -> FakeKube:
 
 
 def reconcile(
-    api: FakeApi, k: FakeKube, status: dict[str, Any] | None = None, now: datetime = NOW
+    api: FakeApi,
+    k: FakeKube,
+    status: dict[str, Any] | None = None,
+    now: datetime = NOW,
+    **spec: Any,
 ) -> dict[str, Any]:
-    job = {**TTSJOB, "status": status or {}}
+    job = {
+        "metadata": {**TTSJOB["metadata"], "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {**TTSJOB["spec"], **spec},
+        "status": status or {},
+    }
     result = asyncio.run(job_flow.reconcile(k, api, job, None, now))  # type: ignore[arg-type]
     assert result is not None
     return result
@@ -174,3 +186,33 @@ def test_the_pause_is_the_servers_retry_after_or_a_doubling_backoff() -> None:
         waits.append(status["message"].split("trying again in ")[1].split("s")[0])
     assert waits == ["2", "4", "8", "16", "32", "64", "128", "256", "300", "300"]
     assert status["transientErrors"] == 10
+
+
+def test_an_endpoint_that_stays_busy_past_the_deadline_fails_the_job_as_deadline_exceeded() -> None:
+    k = kube()
+    busy = ServerError("429: 1 jobs are queued or running", 429, retry_after=5)
+    status = reconcile(FakeApi(busy), k, activeDeadlineSeconds=60)
+    assert status["phase"] == "Pending"
+    # Still busy at 55 s: one more "not now"; at 60 s the deadline ends it without a call.
+    status = reconcile(
+        FakeApi(busy), k, status, NOW + timedelta(seconds=55), activeDeadlineSeconds=60
+    )
+    assert status["transientErrors"] == 2
+    api = FakeApi(busy)
+    final = reconcile(api, k, status, NOW + timedelta(seconds=60), activeDeadlineSeconds=60)
+    assert not api.calls
+    assert final["phase"] == "Failed"
+    assert "not finished 60s after it was created" in final["message"]
+    failed = next(cd for cd in final["conditions"] if cd["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "DeadlineExceeded")
+
+
+def test_a_job_running_past_the_deadline_is_cancelled_on_the_endpoint() -> None:
+    api = FakeApi(remote=ServerJob(id="j-1", state="running"))
+    before = reconcile(
+        api, kube(), running(), NOW + timedelta(seconds=59), activeDeadlineSeconds=60
+    )
+    assert before["phase"] == "Running"
+    after = reconcile(api, kube(), running(), NOW + timedelta(seconds=60), activeDeadlineSeconds=60)
+    assert after["phase"] == "Failed"
+    assert api.cancelled == ["j-1"]

@@ -731,6 +731,10 @@ def batch_job(job: Obj, config: BuildConfig, claim_modes: list[str] | None = Non
             "maxFailedIndexes": 0,
             "backoffLimit": retries * parts,
         }
+    if spec.get("activeDeadlineSeconds") is not None:
+        # The Job controller keeps the clock: at the deadline it stops every pod and
+        # fails the Job with reason DeadlineExceeded.
+        job_spec["activeDeadlineSeconds"] = int(spec["activeDeadlineSeconds"])
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

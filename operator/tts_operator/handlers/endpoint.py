@@ -33,6 +33,7 @@ class JobState:
     message: str = ""
     summary: dict[str, Any] | None = None
     failed_container: str | None = None
+    reason: str | None = None  # the Job's own reason for failing, when it gave one that matters
 
 
 def job_state(job: Obj | None, pods: list[Obj]) -> JobState | None:
@@ -71,6 +72,11 @@ def job_state(job: Obj | None, pods: list[Obj]) -> JobState | None:
     if "Complete" in conds or job.get("status", {}).get("succeeded", 0) >= completions:
         return JobState("succeeded", "cache synced", summary)
     if "Failed" in conds:
+        if conds["Failed"].get("reason") == "DeadlineExceeded":
+            # Its pods were stopped for it: their exit says nothing the deadline does not.
+            return JobState(
+                "failed", _deadline_message(conds["Failed"]), summary, reason="DeadlineExceeded"
+            )
         reason = (
             failure
             or conds["Failed"].get("message")
@@ -79,6 +85,11 @@ def job_state(job: Obj | None, pods: list[Obj]) -> JobState | None:
         )
         return JobState("failed", reason, summary, failed_container)
     return JobState("running", failure or "syncing", summary, failed_container)
+
+
+def _deadline_message(cond: Obj) -> str:
+    said = str(cond.get("message") or "the Job was active longer than its deadline")
+    return f"DeadlineExceeded: {said} (spec.activeDeadlineSeconds)"
 
 
 def own_pods(job: Obj, pods: list[Obj]) -> list[Obj]:

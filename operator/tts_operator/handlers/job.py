@@ -31,6 +31,7 @@ log = logging.getLogger("tts_operator.job")
 SUBMITTED = "Submitted"
 COMPLETE = "Complete"
 FAILED = "Failed"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 
 def _what(exc: BaseException) -> str:
@@ -86,19 +87,34 @@ def idempotency_key(job: Obj, attempt: int) -> str:
     return uid if attempt <= 1 else f"{uid}-{attempt}"
 
 
-def _finish(status: Obj, job: Obj, now: datetime, *, ok: bool, message: str) -> Obj:
+def _finish(
+    status: Obj, job: Obj, now: datetime, *, ok: bool, message: str, reason: str | None = None
+) -> Obj:
     gen = job["metadata"].get("generation")
     status["phase"] = c.PHASE_SUCCEEDED if ok else c.PHASE_FAILED
     status["message"] = message
     status["completedAt"] = st.now_rfc3339(now)
+    why = reason or ("Succeeded" if ok else "Failed")
     conds = status.get("conditions", [])
-    conds = st.set_condition(
-        conds, COMPLETE, ok, "Succeeded" if ok else "Failed", message, gen, now
-    )
-    status["conditions"] = st.set_condition(
-        conds, FAILED, not ok, "Failed" if not ok else "Succeeded", message, gen, now
-    )
+    conds = st.set_condition(conds, COMPLETE, ok, why, message, gen, now)
+    status["conditions"] = st.set_condition(conds, FAILED, not ok, why, message, gen, now)
     return status
+
+
+def past_deadline(job: Obj, now: datetime) -> str | None:
+    """Pure: why a TTSJob on an endpoint is out of time, or None.
+
+    spec.activeDeadlineSeconds counts from the TTSJob's creation: waiting for the
+    endpoint, its "not now" answers and the run itself all spend it.
+    """
+    limit = job["spec"].get("activeDeadlineSeconds")
+    created = job["metadata"].get("creationTimestamp")
+    if limit is None or not created:
+        return None
+    start = datetime.strptime(str(created), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
+    if now < start + timedelta(seconds=int(limit)):
+        return None
+    return f"DeadlineExceeded: not finished {int(limit)}s after it was created (spec.activeDeadlineSeconds)"
 
 
 def expired(job: Obj, now: datetime) -> bool:
@@ -122,6 +138,10 @@ async def reconcile(
     status["observedGeneration"] = job["metadata"].get("generation")
     gen = job["metadata"].get("generation")
     if job["spec"].get("endpointRef"):
+        if why := past_deadline(job, now):
+            if status.get("serverJobId"):
+                await cancel(api, kube, job)
+            return _finish(status, job, now, ok=False, message=why, reason=DEADLINE_EXCEEDED)
         return await _on_endpoint(kube, api, job, status, gen, now)
     return await _as_batch(kube, job, status, config, gen, now)
 
@@ -270,7 +290,7 @@ async def _as_batch(
         status["message"] = outcome.message
         return status
     if outcome.state == "failed":
-        return _finish(status, job, now, ok=False, message=outcome.message)
+        return _finish(status, job, now, ok=False, message=outcome.message, reason=outcome.reason)
     summary = outcome.summary or {}
     status.update(
         outputUri=summary.get("outputUri"),
@@ -293,6 +313,8 @@ def batch_outcome(job: Obj, pods: list[Obj]) -> JobState:
     state = job_state(job, pods) or JobState("running")
     summary = _run_job_summary(pods)
     if state.state == "failed":
+        if state.reason:
+            return state
         return JobState("failed", _permanent_failure(pods) or state.message)
     if summary:
         return JobState("succeeded", f"audio written to {summary['outputUri']}", summary)
