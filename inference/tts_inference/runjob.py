@@ -55,7 +55,7 @@ from tts_inference.protocol import JOB_FORMATS, JobRequest, JobStatus
 from tts_inference.runtime import default_engine, default_transcriber, no_transcriber, open_runtime
 from tts_inference.settings import ServerSettings, model_dir_problem
 from tts_inference.storage.bucket import PERMANENT_EXIT, parse_uri
-from tts_inference.storage.files import write_termination_log
+from tts_inference.storage.files import one_line, write_termination_log
 from tts_inference.voices import ALIASES_ENV, parse_aliases
 
 log = logging.getLogger("tts_inference.runjob")
@@ -65,7 +65,6 @@ EXIT_PERMANENT = PERMANENT_EXIT  # the input is wrong: the Job fails without ret
 JOB_INDEX_ENV = "JOB_COMPLETION_INDEX"
 VOICES_URI_ENV = "TTS_VOICES_URI"
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
-MESSAGE_LIMIT = 1000
 _KUBE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
@@ -264,13 +263,8 @@ def summary(job: Job, done: JobStatus | None = None) -> dict[str, Any]:
     }
 
 
-def _one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
-    line = " ".join(message.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _failed(args: argparse.Namespace, message: str, code: int) -> int:
-    line = f"run-job failed: {_one_line(message)}"
+    line = f"run-job failed: {one_line(message)}"
     print(f"error: {line}", file=sys.stderr, flush=True)
     write_termination_log(args.termination_log, line)
     return code

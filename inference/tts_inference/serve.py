@@ -22,7 +22,7 @@ from tts_inference.app import build_app
 from tts_inference.engine.base import add_engine_arguments
 from tts_inference.settings import ServerSettings, model_dir_problem
 from tts_inference.state import ServerState
-from tts_inference.storage.files import write_termination_log
+from tts_inference.storage.files import one_line, write_termination_log
 
 log = logging.getLogger("tts_inference.serve")
 
@@ -67,7 +67,7 @@ class DrainingServer(uvicorn.Server):
     def fail(self, message: str) -> None:
         """The model could not load: exit 1, leaving why where Kubernetes (and through it the
         operator's status) reads a container's termination message."""
-        write_termination_log(self.termination_log, f"serve failed: {' '.join(message.split())}")
+        write_termination_log(self.termination_log, f"serve failed: {one_line(message)}")
         self.exit_code = 1
         self.should_exit = True
 
@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if problem := model_dir_problem(args.model_dir, args.cache_dir):
         print(f"error: {problem}", file=sys.stderr)
-        write_termination_log(args.termination_log, f"serve failed: {problem}")
+        write_termination_log(args.termination_log, f"serve failed: {one_line(problem)}")
         return 2
     settings = ServerSettings(
         model_dir=args.model_dir,

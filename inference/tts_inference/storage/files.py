@@ -57,6 +57,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+MESSAGE_LIMIT = 1000  # characters of a failure kept for a termination message
+
+
+def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``message`` on one line, cut to ``limit`` characters (a termination message, a status)."""
+    line = " ".join(message.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def write_termination_log(path: Path | None, line: str) -> None:
     """Leave ``line`` where Kubernetes reads a container's termination message (best effort)."""
     if path is not None:
