@@ -32,6 +32,7 @@ from typing import Any
 
 from tts_inference.storage.bucket import PERMANENT_EXIT, PermanentStorageError, StorageError
 from tts_inference.storage.files import file_lock, sha256_file, write_atomic, write_termination_log
+from tts_inference.storage.progress import Progress
 
 log = logging.getLogger("tts_inference.flash_attn")
 
@@ -310,12 +311,21 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def fetch_wheel(source: str, dest: Path) -> None:
-    """Copy the wheel at ``source`` (s3://bucket/key or a local path) to ``dest``."""
+def fetch_wheel(source: str, dest: Path, progress_interval: float = 0.0) -> None:
+    """Copy the wheel at ``source`` (s3://bucket/key or a local path) to ``dest``; from a
+    bucket, a progress line every ``progress_interval`` seconds (0: none)."""
     if source.startswith("s3://"):
         from tts_inference.storage.bucket import ObjectStore, S3Uri, make_client
 
-        ObjectStore(lambda: make_client(max_pool=4)).download_file(S3Uri.parse(source), str(dest))
+        store = ObjectStore(lambda: make_client(max_pool=4))
+        uri = S3Uri.parse(source)
+        head = store.head(uri) if progress_interval > 0 else None
+        if head is None:
+            store.download_file(uri, str(dest))
+            return
+        with Progress(dest.name, head.size, progress_interval, sys.stdout, verb="fetch") as seen:
+            store.download_file(uri, str(dest), on_bytes=seen.add)
+        print(seen.line(), flush=True)
         return
     try:
         shutil.copyfile(source, dest)
@@ -406,7 +416,14 @@ def _marker_matches(marker: dict[str, Any] | None, wheel: str, sha256: str | Non
     return marker.get("wheel") == wheel and (sha256 is None or marker.get("sha256") == sha256)
 
 
-def install(source: str, cache_dir: Path, abi: Abi, python: str, sha256: str | None) -> bool:
+def install(
+    source: str,
+    cache_dir: Path,
+    abi: Abi,
+    python: str,
+    sha256: str | None,
+    progress_interval: float = 0.0,
+) -> bool:
     """Install the wheel into the cache once; True when this call did it, False when it was there."""
     wheel = os.path.basename(source.rstrip("/"))
     final = target_dir(cache_dir.absolute(), abi.folder)
@@ -431,19 +448,26 @@ def install(source: str, cache_dir: Path, abi: Abi, python: str, sha256: str | N
             shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=f".tmp-{abi.folder}-", dir=final.parent))
         try:
-            _install_into(source, wheel, work, final, abi, python, sha256)
+            _install_into(source, wheel, work, final, abi, python, sha256, progress_interval)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return True
 
 
 def _install_into(
-    source: str, wheel: str, work: Path, final: Path, abi: Abi, python: str, sha256: str | None
+    source: str,
+    wheel: str,
+    work: Path,
+    final: Path,
+    abi: Abi,
+    python: str,
+    sha256: str | None,
+    progress_interval: float = 0.0,
 ) -> None:
     local = work / wheel
     started = time.monotonic()
     print(f"fetching {source}", flush=True)
-    fetch_wheel(source, local)
+    fetch_wheel(source, local, progress_interval)
     digest = sha256_file(local)
     print(
         f"fetched {wheel}: {local.stat().st_size} bytes, sha256 {digest} in {time.monotonic() - started:.1f}s",
@@ -514,6 +538,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the interpreter that will import flash_attn (default: this one)",
     )
     parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        help="seconds between progress lines while the wheel downloads (0: none)",
+    )
+    parser.add_argument(
         "--termination-log",
         type=Path,
         default=os.environ.get("TTS_TERMINATION_LOG"),
@@ -563,7 +593,9 @@ def run(args: argparse.Namespace) -> int:
             abi = detected
         summary["abiTag"] = abi.tag
         print(f"this pod's flash_attn ABI: {abi.tag} ({abi.platform})", flush=True)
-        installed = install(args.wheel, args.cache_dir, abi, args.python, sha256)
+        installed = install(
+            args.wheel, args.cache_dir, abi, args.python, sha256, args.progress_interval
+        )
     except (StorageError, OSError, subprocess.SubprocessError) as exc:
         message = f"install-flash-attn failed: {exc}"
         print(f"error: {message}", file=sys.stderr, flush=True)

@@ -77,3 +77,7 @@ SERVER_PORT = 8000
 # The Prometheus that KEDA's triggers query, unless the operator is told another
 # (kube-prometheus-stack's in-cluster service).
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
+
+# The cache Job's containers: flash_attn's install (an init container), then the sync.
+CONTAINER_INSTALL_FLASH_ATTN = "install-flash-attn"
+CONTAINER_SYNC = "sync"

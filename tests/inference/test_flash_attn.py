@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.s3 import S3Server
 from tts_inference.flash_attn import (
     Abi,
     check_wheel_fits,
@@ -415,6 +416,25 @@ def test_detected_abi_installs_and_replaces_a_stale_folder(setup: Setup) -> None
     assert not leftover.exists()
     assert (final / ".complete").exists()
     assert setup.pip_runs() == 1
+
+
+def test_a_wheel_from_the_bucket_logs_its_download_progress(
+    setup: Setup, clean_s3: S3Server
+) -> None:
+    """The line the operator shows in FlashAttnReady while the init container runs."""
+    wheel = build_wheel(setup.tmp / "wheels", ABI.wheel_name(VERSION))
+    clean_s3.client().create_bucket(Bucket="wheels")
+    clean_s3.client().upload_file(str(wheel), "wheels", f"flash-attn/{wheel.name}")
+    setup.env.update({k: v for k, v in clean_s3.env().items() if k.startswith("AWS_")})
+    proc = setup.run(
+        f"s3://wheels/flash-attn/{wheel.name}", "--abi-tag", TAG, "--progress-interval", "3600"
+    )
+    assert proc.returncode == 0, proc.stderr
+    fetched = [line for line in proc.stdout.splitlines() if line.startswith("fetch ")]
+    assert fetched, proc.stdout
+    assert fetched[-1].startswith(f"fetch {wheel.name}: ")
+    assert "(100%)" in fetched[-1]
+    assert _summary(proc.stdout)["installed"] is True
 
 
 def test_mismatching_wheel_is_refused(setup: Setup) -> None:

@@ -22,8 +22,14 @@ from prometheus_client import REGISTRY
 os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
 
 from tests.operator.conftest import RunOperator
-from tests.support.cluster import HOLD_LABEL, ClusterHandle, Kube, write_container_log
-from tts_inference.cache.sync import Progress
+from tests.support.cluster import (
+    HOLD_LABEL,
+    INIT_HOLD_LABEL,
+    ClusterHandle,
+    Kube,
+    write_container_log,
+)
+from tts_inference.storage.progress import Progress
 from tts_operator import constants as c
 from tts_operator import main as operator_main
 
@@ -500,7 +506,7 @@ def test_cache_progress_shows_in_status_while_the_sync_runs(
     total = 1_402_692_773
     progress = Progress("F5TTS_v1_Base", total, 0, io.StringIO())
     progress.add(total * 46 // 100)
-    write_container_log(control_plane.plane.sync_log, ["syncing", progress.line()])
+    write_container_log(control_plane.plane.container_log("sync"), ["syncing", progress.line()])
     shown = kube.wait_for(
         lambda: status(kube, ns).get("cacheProgress"), message="no cacheProgress in status"
     )
@@ -515,6 +521,106 @@ def test_cache_progress_shows_in_status_while_the_sync_runs(
         timeout=60,
         message="never 100 % once the cache was ready",
     )
+
+
+def test_flash_attn_install_progress_shows_on_the_endpoint_then_the_sync_takes_over(
+    kube: Kube, ns: str, run_operator: RunOperator, control_plane: ClusterHandle
+) -> None:
+    """The cache pod's install-flash-attn init container runs (kwok holds it there) and
+    logs its download's progress line: the endpoint's FlashAttnReady says it; once the init
+    container succeeded and the sync runs, flash_attn is installed and the cache syncs."""
+    if control_plane.plane is None:
+        pytest.skip("needs the test control plane's kwok to hold an init container and its log")
+    run_operator()
+    wheel = "s3://my-tts-bucket/wheels/flash_attn-2.8.3+cu13torch2.11cxx11abiTRUE-cp311-cp311-linux_x86_64.whl"
+    setup(
+        kube,
+        ns,
+        nodeSelector={
+            "nvidia.com/gpu.present": "true",
+            HOLD_LABEL: "true",
+            INIT_HOLD_LABEL: "true",
+        },
+        flashAttn={"enabled": True, "wheel": wheel},
+    )
+    job = one_cache_job(kube, ns)
+
+    def installing() -> Obj | None:
+        for pod in kube.list("pods", ns, f"batch.kubernetes.io/job-name={job['metadata']['name']}"):
+            inits = (pod.get("status") or {}).get("initContainerStatuses") or []
+            if inits and "running" in inits[0]["state"]:
+                return pod
+        return None
+
+    pod = kube.wait_for(installing, message="the install-flash-attn init container never ran")
+    total = 254_123_456
+    progress = Progress(wheel.rsplit("/", 1)[1], total, 0, io.StringIO(), verb="fetch")
+    progress.add(total * 40 // 100)
+    write_container_log(
+        control_plane.plane.container_log(c.CONTAINER_INSTALL_FLASH_ATTN),
+        [
+            "this pod's flash_attn ABI: cu13torch2.11cxx11abiTRUE-cp311",
+            f"fetching {wheel}",
+            progress.line(),
+        ],
+    )
+    flash = kube.wait_for(
+        lambda: "(40%)" in (f := cond(kube, ns, c.FLASH_ATTN_READY)).get("message", "") and f,
+        message="the download's progress never reached FlashAttnReady",
+    )
+    assert (flash["status"], flash["reason"]) == ("False", c.REASON_FLASH_ATTN_INSTALLING)
+    assert flash["message"].startswith(
+        "installing flash_attn into the cache: fetch flash_attn-2.8.3+cu13torch2.11"
+    )
+    assert cond(kube, ns, c.CACHE_READY)["message"] == "the cache Job is installing flash_attn"
+    assert "cacheProgress" not in status(kube, ns), "the model's sync has not started"
+
+    # What a kubelet writes when the init container exits 0 and the sync starts.
+    now = pod["status"].get("startTime")
+    init = pod["spec"]["initContainers"][0]
+    sync = pod["spec"]["containers"][0]
+    kube.patch_status(
+        "pods",
+        ns,
+        pod["metadata"]["name"],
+        {
+            "phase": "Running",
+            "initContainerStatuses": [
+                {
+                    "name": init["name"],
+                    "image": init["image"],
+                    "imageID": "",
+                    "ready": True,
+                    "restartCount": 0,
+                    "state": {
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "startedAt": now,
+                            "finishedAt": now,
+                        }
+                    },
+                }
+            ],
+            "containerStatuses": [
+                {
+                    "name": sync["name"],
+                    "image": sync["image"],
+                    "imageID": "",
+                    "ready": True,
+                    "restartCount": 0,
+                    "started": True,
+                    "state": {"running": {"startedAt": now}},
+                }
+            ],
+        },
+    )
+    flash = kube.wait_for(
+        lambda: (f := cond(kube, ns, c.FLASH_ATTN_READY)).get("status") == "True" and f,
+        message="flash_attn never reported installed once the sync ran",
+    )
+    assert flash["reason"] == c.REASON_FLASH_ATTN_INSTALLED
+    assert cond(kube, ns, c.CACHE_READY)["message"] == "the cache Job is syncing the model"
 
 
 def test_a_server_that_cannot_load_says_why_on_the_endpoint(

@@ -57,6 +57,11 @@ OTHER_TAINT = {"key": "dedicated", "value": "other", "effect": "NoSchedule"}
 # (tests/cluster/kwok-stages.yaml).
 HOLD_LABEL = "tts-test.kwok/hold"
 EXIT_CODE_LABEL = "tts-test.kwok/exit-code"
+# A pod whose nodeSelector names this label stays Pending with its first init container
+# running until the test writes its status (kwok-stages.yaml, pod-initializing).
+INIT_HOLD_LABEL = "tts-test.kwok/hold-init"
+# The containers whose logs kwok serves from a file the test writes.
+LOGGED_CONTAINERS = ("sync", "install-flash-attn")
 
 T = TypeVar("T")
 Body = dict[str, Any]
@@ -246,10 +251,11 @@ class ControlPlane:
     # Write an audit log of every request (one JSON line each, metadata only).
     audit: bool = False
 
-    @property
-    def sync_log(self) -> Path:
-        """What every container named "sync" logs (CRI log lines; ``write_container_log``)."""
-        return self.folder / "logs" / "containers" / "sync.log"
+    def container_log(self, container: str) -> Path:
+        """What every container of this name logs (CRI log lines; ``write_container_log``)."""
+        if container not in LOGGED_CONTAINERS:
+            raise ValueError(f"kwok serves logs of {LOGGED_CONTAINERS} only, not {container}")
+        return self.folder / "logs" / "containers" / f"{container}.log"
 
     @property
     def audit_log(self) -> Path:
@@ -433,9 +439,11 @@ class ControlPlane:
             self.startup_seconds[name] = time.monotonic() - t0
 
         # kwok also serves the nodes' kubelet API on 127.0.0.1 (the API server's pods/log
-        # goes there): a container named "sync" logs what the test writes to sync_log.
-        self.sync_log.parent.mkdir(parents=True, exist_ok=True)
-        self.sync_log.touch()
+        # goes there): a container named "sync" logs what the test writes to
+        # container_log("sync"), and so on for each of LOGGED_CONTAINERS.
+        for container in LOGGED_CONTAINERS:
+            self.container_log(container).parent.mkdir(parents=True, exist_ok=True)
+            self.container_log(container).touch()
         kwok_config = self.folder / "kwok.yaml"
         kwok_config.write_text(
             STAGES.read_text()
@@ -445,7 +453,12 @@ class ControlPlane:
                     "apiVersion": "kwok.x-k8s.io/v1alpha1",
                     "kind": "ClusterLogs",
                     "metadata": {"name": "sync-logs"},
-                    "spec": {"logs": [{"containers": ["sync"], "logsFile": str(self.sync_log)}]},
+                    "spec": {
+                        "logs": [
+                            {"containers": [name], "logsFile": str(self.container_log(name))}
+                            for name in LOGGED_CONTAINERS
+                        ]
+                    },
                 }
             )
         )
@@ -535,6 +548,7 @@ def fake_nodes() -> list[Body]:
                     "kubernetes.io/arch": "amd64",
                     HOLD_LABEL: "true",
                     EXIT_CODE_LABEL: "2",
+                    INIT_HOLD_LABEL: "true",
                     **labels,
                 },
                 "annotations": {"kwok.x-k8s.io/node": "fake"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from tts_inference.cache.sync import Progress
+from tts_inference.storage.progress import Progress
 from tts_operator import constants as c
 from tts_operator.builders.meta import parse_quantity
 from tts_operator.handlers.endpoint import claim_resize, covers, deployment_patch, sync_progress

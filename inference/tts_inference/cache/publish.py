@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import TextIO
 
 from tts_inference import model_folder
-from tts_inference.cache.sync import COMPLETE, MANIFEST, human_bytes, safe_relpath
+from tts_inference.cache.sync import COMPLETE, MANIFEST, safe_relpath
 from tts_inference.sizes import MIB
 from tts_inference.storage.bucket import ObjectStore, S3Client, S3Uri, StorageError, make_client
 from tts_inference.storage.files import sha256_file
+from tts_inference.storage.progress import human_bytes
 
 
 @dataclass(frozen=True)

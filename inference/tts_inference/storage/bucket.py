@@ -436,12 +436,16 @@ class ObjectStore:
         self._uploaded(what, size)
         return size
 
-    def download_file(self, uri: S3Uri, dest: str) -> int:
-        """Fetch an object to ``dest`` through a temporary file beside it; returns its size."""
+    def download_file(
+        self, uri: S3Uri, dest: str, on_bytes: Callable[[int], None] | None = None
+    ) -> int:
+        """Fetch an object to ``dest`` through a temporary file beside it; returns its size.
+
+        ``on_bytes`` is called with each count of bytes received (from several threads)."""
         tmp = f"{dest}.part.{os.getpid()}.{threading.get_ident()}"
         error: StorageError
         try:
-            self.client.download_file(uri.bucket, uri.key, tmp)
+            self.client.download_file(uri.bucket, uri.key, tmp, Callback=on_bytes)
         except _BOTO_ERRORS as exc:
             error = classify(exc, uri)
         except (boto3.exceptions.Boto3Error, OSError) as exc:

@@ -60,6 +60,10 @@ def credentials_env(secret: str) -> list[Obj]:
     ]
 
 
+# Seconds between the progress lines a cache Job's containers log (the operator reads them).
+PROGRESS_INTERVAL = "10"
+
+
 def sync_command(source: str, *, link: bool = True) -> list[str]:
     cmd = [
         "tts-inference",
@@ -69,7 +73,7 @@ def sync_command(source: str, *, link: bool = True) -> list[str]:
         "--cache-dir",
         c.CACHE_MOUNT,
         "--progress-interval",
-        "10",
+        PROGRESS_INTERVAL,
     ]
     if link:
         cmd += ["--link", c.MODEL_LINK]
@@ -77,7 +81,16 @@ def sync_command(source: str, *, link: bool = True) -> list[str]:
 
 
 def flash_attn_command(wheel: str, sha256: str | None) -> list[str]:
-    cmd = ["tts-inference", "install-flash-attn", "--wheel", wheel, "--cache-dir", c.CACHE_MOUNT]
+    cmd = [
+        "tts-inference",
+        "install-flash-attn",
+        "--wheel",
+        wheel,
+        "--cache-dir",
+        c.CACHE_MOUNT,
+        "--progress-interval",
+        PROGRESS_INTERVAL,
+    ]
     if sha256:
         cmd += ["--sha256", sha256]
     return cmd
@@ -89,7 +102,7 @@ def flash_attn_init(spec: Obj, config: BuildConfig, secret: str) -> list[Obj]:
     if not flash.get("enabled"):
         return []
     command = flash_attn_command(flash["wheel"], flash.get("sha256"))
-    return [_container("install-flash-attn", command, spec, config, secret)]
+    return [_container(c.CONTAINER_INSTALL_FLASH_ATTN, command, spec, config, secret)]
 
 
 def _image(spec: Obj, config: BuildConfig) -> tuple[str, str]:
@@ -249,7 +262,7 @@ def cache_job(endpoint: Obj, config: BuildConfig, *, secret_version: str = "") -
     secret = spec["storage"]["credentialsSecret"]["name"]
     init = flash_attn_init(spec, config, secret)
     sync = _container(
-        "sync",
+        c.CONTAINER_SYNC,
         [
             *sync_command(spec["model"]["source"], link=False),
             "--termination-log",
@@ -352,7 +365,9 @@ def deployment(endpoint: Obj, config: BuildConfig, *, cache_ready: bool) -> Obj:
     replicas = int(spec.get("replicas", 1)) if cache_ready else 0
     selector = server_selector(endpoint)
     init = flash_attn_init(spec, config, secret)
-    init.append(_container("sync", sync_command(spec["model"]["source"]), spec, config, secret))
+    init.append(
+        _container(c.CONTAINER_SYNC, sync_command(spec["model"]["source"]), spec, config, secret)
+    )
     env_extra: list[Obj] = []
     if spec.get("apiKeySecret"):
         ref = spec["apiKeySecret"]
@@ -697,7 +712,9 @@ def batch_job(job: Obj, config: BuildConfig, claim_modes: list[str] | None = Non
     own = batch_cache_pvc(job)
     if own is not None:
         claim_modes = own["spec"]["accessModes"]
-    init = [_container("sync", sync_command(spec["model"]["source"]), spec, config, secret)]
+    init = [
+        _container(c.CONTAINER_SYNC, sync_command(spec["model"]["source"]), spec, config, secret)
+    ]
     runner = _container(
         "run-job",
         [*run_job_command(job), "--termination-log", c.TERMINATION_LOG],

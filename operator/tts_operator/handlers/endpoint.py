@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,8 @@ class JobState:
     summary: dict[str, Any] | None = None
     failed_container: str | None = None
     reason: str | None = None  # the Job's own reason for failing, when it gave one that matters
+    running: str | None = None  # the container of its pods running now (an init one first)
+    said: str = ""  # the last line the running container logged, when the operator read it
 
 
 def job_state(job: Obj | None, pods: list[Obj]) -> JobState | None:
@@ -45,12 +47,14 @@ def job_state(job: Obj | None, pods: list[Obj]) -> JobState | None:
         for cond in job.get("status", {}).get("conditions", [])
         if cond.get("status") == "True"
     }
-    summary, failed_container, failure = None, None, ""
+    summary, failed_container, failure, running = None, None, "", None
     for pod in own_pods(job, pods):
         statuses = pod.get("status", {}).get("initContainerStatuses", []) + pod.get(
             "status", {}
         ).get("containerStatuses", [])
         for cs in statuses:
+            if running is None and "running" in (cs.get("state") or {}):
+                running = cs.get("name")
             term = cs.get("state", {}).get("terminated") or cs.get("lastState", {}).get(
                 "terminated"
             )
@@ -84,7 +88,7 @@ def job_state(job: Obj | None, pods: list[Obj]) -> JobState | None:
             or "the Job failed"
         )
         return JobState("failed", reason, summary, failed_container)
-    return JobState("running", failure or "syncing", summary, failed_container)
+    return JobState("running", failure or "syncing", summary, failed_container, running=running)
 
 
 def _deadline_message(cond: Obj) -> str:
@@ -140,23 +144,22 @@ def sync_progress(log: str) -> Obj | None:
     return None
 
 
-async def cache_progress(kube: Kube, namespace: str, pods: list[Obj]) -> Obj | None:
-    """What the running sync container of the cache Job last said of its progress."""
+async def running_log(kube: Kube, namespace: str, pods: list[Obj], container: str) -> str:
+    """The last lines ``container`` logged, in the first pod where it is running ("" if none)."""
     for pod in pods:
-        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        status = pod.get("status") or {}
+        statuses = (status.get("initContainerStatuses") or []) + (
+            status.get("containerStatuses") or []
+        )
         if not any(
-            s.get("name") == "sync" and "running" in (s.get("state") or {}) for s in statuses
+            s.get("name") == container and "running" in (s.get("state") or {}) for s in statuses
         ):
             continue
         try:
-            log_text = await kube.log_tail(namespace, pod["metadata"]["name"], "sync")
-        except ApiException as exc:  # the log is not there (yet): no figures this pass
+            return await kube.log_tail(namespace, pod["metadata"]["name"], container)
+        except ApiException as exc:  # the log is not there (yet): nothing this pass
             log.debug("no log of %s: %s", pod["metadata"]["name"], exc.status)
-            continue
-        progress = sync_progress(log_text)
-        if progress is not None:
-            return progress
-    return None
+    return ""
 
 
 def json_line(text: str) -> dict[str, Any] | None:
@@ -226,11 +229,12 @@ def endpoint_status(
     out: Obj = {"url": url, "observedGeneration": gen, "replicas": asked, "readyReplicas": ready}
 
     if cache is None or cache.state == "running":
-        message = (
-            "the cache Job is installing flash_attn and syncing the model"
-            if cache
-            else "creating the cache Job"
-        )
+        message = "creating the cache Job"
+        if cache is not None:
+            message = {
+                c.CONTAINER_INSTALL_FLASH_ATTN: "the cache Job is installing flash_attn",
+                c.CONTAINER_SYNC: "the cache Job is syncing the model",
+            }.get(str(cache.running), "the cache Job is starting")
         conds = st.set_condition(
             conds, c.CACHE_READY, False, c.REASON_CACHE_SYNCING, message, gen, now
         )
@@ -263,7 +267,7 @@ def endpoint_status(
     elif (
         cache is not None
         and cache.state == "failed"
-        and cache.failed_container == "install-flash-attn"
+        and cache.failed_container == c.CONTAINER_INSTALL_FLASH_ATTN
     ):
         conds = st.set_condition(
             conds, c.FLASH_ATTN_READY, False, c.REASON_FLASH_ATTN_FAILED, cache.message, gen, now
@@ -274,7 +278,8 @@ def endpoint_status(
         conds = st.set_condition(
             conds, c.FLASH_ATTN_READY, False, c.REASON_FLASH_ATTN_FAILED, failing, gen, now
         )
-    elif cache is not None and cache.state == "succeeded":
+    elif cache is not None and (cache.state == "succeeded" or cache.running == c.CONTAINER_SYNC):
+        # The sync runs only after its pod's install-flash-attn init container succeeded.
         conds = st.set_condition(
             conds,
             c.FLASH_ATTN_READY,
@@ -285,12 +290,17 @@ def endpoint_status(
             now,
         )
     else:
+        said = (
+            cache.said
+            if cache is not None and cache.running == c.CONTAINER_INSTALL_FLASH_ATTN
+            else ""
+        )
         conds = st.set_condition(
             conds,
             c.FLASH_ATTN_READY,
             False,
             c.REASON_FLASH_ATTN_INSTALLING,
-            "installing flash_attn into the cache",
+            "installing flash_attn into the cache" + (f": {said}" if said else ""),
             gen,
             now,
         )
@@ -530,8 +540,15 @@ async def reconcile(
             # Its template cannot be patched: replace it (the next pass makes the new one).
             await kube.delete("Job", ns, job_name)
             cache = JobState("running", "the cache Job is being replaced: its template changed")
-        else:
-            progress = await cache_progress(kube, ns, own_pods(current, pods))
+        elif cache.running == c.CONTAINER_SYNC:
+            progress = sync_progress(
+                await running_log(kube, ns, own_pods(current, pods), c.CONTAINER_SYNC)
+            )
+        elif cache.running == c.CONTAINER_INSTALL_FLASH_ATTN:
+            said = await running_log(
+                kube, ns, own_pods(current, pods), c.CONTAINER_INSTALL_FLASH_ATTN
+            )
+            cache = replace(cache, said=last_line(said)[:300])
     if cache is not None and cache.state == "succeeded":
         # Older cache Jobs of this endpoint (other revision, secret or wheel) are done with.
         selector = f"{c.LABEL_INSTANCE}={endpoint['metadata']['name']},{c.LABEL_COMPONENT}={c.COMPONENT_CACHE},{c.LABEL_KIND}=ttsendpoint"
