@@ -47,6 +47,7 @@ _ENDPOINT = _closed(
         "path": {"type": "string", "pattern": "^/"},
         "interval": _DURATION,
         "scrapeTimeout": _DURATION,
+        "honorLabels": {"type": "boolean"},
     },
     ["port"],
 )

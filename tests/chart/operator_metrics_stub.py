@@ -20,6 +20,8 @@ from tts_operator.metrics import METRICS
 
 ENDPOINTS = {"tts/a": "Ready", "tts/b": "Syncing", "tts/c": "Failed", "tts/d": "Degraded"}
 JOBS = {"tts/j1": "Succeeded", "tts/j2": "Succeeded", "tts/j3": "Failed", "tts/j4": "Running"}
+# TTSJobs waiting on endpoint tts/a (KEDA's wake-up trigger counts them).
+PENDING = {"tts/j4": "a", "tts/j5": "a"}
 
 
 def main(argv: list[str]) -> int:
@@ -28,6 +30,9 @@ def main(argv: list[str]) -> int:
         operator_main._record("TTSEndpoint", name, phase)
     for name, phase in JOBS.items():
         operator_main._record("TTSJob", name, phase)
+    for ref, endpoint in PENDING.items():
+        namespace, _, job = ref.partition("/")
+        METRICS.pending_jobs.set(namespace, job, endpoint)
     start_http_server(port, addr="127.0.0.1")
     print("serving", flush=True)
     stop = threading.Event()

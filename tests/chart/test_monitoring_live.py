@@ -35,6 +35,7 @@ from tests.chart.helm import ALL_ON, ROOT, Obj, dashboards, recording_rules, ren
 from tests.conftest import require_tool
 from tests.support.s3 import free_port, wait_for_port
 from tts_inference.metrics import ServerMetrics
+from tts_operator.builders import objects as b
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +103,41 @@ def operator_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         proc.wait(timeout=10)
 
 
+def service_monitor_scrape(rendered: list[Obj], target: str) -> Obj:
+    """What prometheus-operator makes of the chart's ServiceMonitor, for one operator pod at
+    ``target``: the labels its relabelling gives every target (namespace, service, pod,
+    container, endpoint = the port's name, job = the Service's name) and honor_labels."""
+    (monitor,) = [o for o in rendered if o["kind"] == "ServiceMonitor"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    namespace = monitor["metadata"]["namespace"]
+    (service,) = [
+        o
+        for o in rendered
+        if o["kind"] == "Service"
+        and any(p.get("name") == endpoint["port"] for p in o["spec"]["ports"])
+        and monitor["spec"]["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()
+    ]
+    name = service["metadata"]["name"]
+    return {
+        "job_name": f"serviceMonitor/{namespace}/{monitor['metadata']['name']}/0",
+        "honor_labels": bool(endpoint.get("honorLabels", False)),
+        "metrics_path": endpoint["path"],
+        "static_configs": [
+            {
+                "targets": [target],
+                "labels": {
+                    "namespace": namespace,
+                    "service": name,
+                    "pod": f"{name}-7d9f8-x2kqp",
+                    "container": "operator",
+                    "endpoint": endpoint["port"],
+                    "job": name,
+                },
+            }
+        ],
+    }
+
+
 @pytest.fixture(scope="module")
 def prometheus(
     rendered: list[Obj],
@@ -125,15 +161,7 @@ def prometheus(
                     }
                 ],
             },
-            {
-                "job_name": "tts-operator",
-                "static_configs": [
-                    {
-                        "targets": [f"127.0.0.1:{operator_metrics}"],
-                        "labels": {"namespace": "tts-system", "pod": "tts-operator-0"},
-                    }
-                ],
-            },
+            service_monitor_scrape(rendered, f"127.0.0.1:{operator_metrics}"),
         ],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -373,3 +401,26 @@ def test_cache_metrics_resolve_the_model_link_and_read_the_cache_dir(tmp_path: P
     text = generate_latest(gone.registry).decode()
     assert _samples(text, "tts_model_cache_bytes") == {(): 0}
     assert _samples(text, "tts_cache_volume_bytes") == {}
+
+
+def test_kedas_wake_up_query_finds_the_pending_ttsjobs_through_the_charts_service_monitor(
+    rendered: list[Obj], prometheus: str
+) -> None:
+    """The pending-jobs trigger of an endpoint's ScaledObject, asked of a Prometheus that
+    scrapes the operator as the chart's ServiceMonitor says: it sees the two TTSJobs the
+    operator counts for endpoint tts/a (operator_metrics_stub.PENDING), so KEDA can wake a
+    sleeping endpoint for them."""
+    endpoint = {
+        "apiVersion": "tts.f5tts.dev/v1alpha1",
+        "kind": "TTSEndpoint",
+        "metadata": {"name": "a", "namespace": "tts", "uid": "u-1"},
+        "spec": {"autoscaling": {"minReplicas": 0, "maxReplicas": 2}},
+    }
+    scaled = b.scaled_object(endpoint, b.BuildConfig(prometheus_url=prometheus))
+    (trigger,) = [t for t in scaled["spec"]["triggers"] if t["name"] == "pending-jobs"]
+    deadline = time.monotonic() + 30
+    result = _query(prometheus, trigger["metadata"]["query"])
+    while not result and time.monotonic() < deadline:
+        time.sleep(0.5)  # polling Prometheus until its first scrapes are in
+        result = _query(prometheus, trigger["metadata"]["query"])
+    assert [float(sample["value"][1]) for sample in result] == [2.0], result
