@@ -26,13 +26,13 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.chart.conftest import BUCKET, MISSING_BUCKET, ImageServer
 from tests.chart.helm import ALL_ON, ROOT, Obj, dashboards, recording_rules, render, rule_groups
-from tests.conftest import require_tool
+from tests.support.prometheus import query as ask
+from tests.support.prometheus import running_prometheus, service_monitor_scrape
 from tests.support.s3 import free_port, wait_for_port
 from tts_inference.metrics import ServerMetrics
 from tts_operator.builders import objects as b
@@ -103,41 +103,6 @@ def operator_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         proc.wait(timeout=10)
 
 
-def service_monitor_scrape(rendered: list[Obj], target: str) -> Obj:
-    """What prometheus-operator makes of the chart's ServiceMonitor, for one operator pod at
-    ``target``: the labels its relabelling gives every target (namespace, service, pod,
-    container, endpoint = the port's name, job = the Service's name) and honor_labels."""
-    (monitor,) = [o for o in rendered if o["kind"] == "ServiceMonitor"]
-    (endpoint,) = monitor["spec"]["endpoints"]
-    namespace = monitor["metadata"]["namespace"]
-    (service,) = [
-        o
-        for o in rendered
-        if o["kind"] == "Service"
-        and any(p.get("name") == endpoint["port"] for p in o["spec"]["ports"])
-        and monitor["spec"]["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()
-    ]
-    name = service["metadata"]["name"]
-    return {
-        "job_name": f"serviceMonitor/{namespace}/{monitor['metadata']['name']}/0",
-        "honor_labels": bool(endpoint.get("honorLabels", False)),
-        "metrics_path": endpoint["path"],
-        "static_configs": [
-            {
-                "targets": [target],
-                "labels": {
-                    "namespace": namespace,
-                    "service": name,
-                    "pod": f"{name}-7d9f8-x2kqp",
-                    "container": "operator",
-                    "endpoint": endpoint["port"],
-                    "job": name,
-                },
-            }
-        ],
-    }
-
-
 @pytest.fixture(scope="module")
 def prometheus(
     rendered: list[Obj],
@@ -145,59 +110,23 @@ def prometheus(
     operator_metrics: int,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("prometheus")
-    (tmp / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups(rendered)}))
     server_port = image_server.url.rsplit(":", 1)[1]
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["rules.yaml"],
-        "scrape_configs": [
-            {
-                "job_name": "tts-server",
-                "static_configs": [
-                    {
-                        "targets": [f"127.0.0.1:{server_port}"],
-                        "labels": {"namespace": "tts", "pod": "f5tts-5f7d9-x2kqp"},
-                    }
-                ],
-            },
-            service_monitor_scrape(rendered, f"127.0.0.1:{operator_metrics}"),
-        ],
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = tmp / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                require_tool("prometheus"),
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
+    scrapes = [
+        {
+            "job_name": "tts-server",
+            "static_configs": [
+                {
+                    "targets": [f"127.0.0.1:{server_port}"],
+                    "labels": {"namespace": "tts", "pod": "f5tts-5f7d9-x2kqp"},
+                }
             ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(log.read_text()[-3000:])
-            time.sleep(0.1)  # polling a process that is starting up
+        },
+        service_monitor_scrape(rendered, f"127.0.0.1:{operator_metrics}"),
+    ]
+    with running_prometheus(
+        tmp_path_factory.mktemp("prometheus"), scrapes, {"groups": rule_groups(rendered)}
+    ) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 class Load:
@@ -262,14 +191,6 @@ class Load:
                     self.errors.append(repr(exc))
 
 
-def _query(prometheus: str, expr: str) -> list[Obj]:
-    r = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-    body = r.json()
-    assert body.get("status") == "success", f"{expr}: {body}"
-    result: list[Obj] = body["data"]["result"]
-    return result
-
-
 def _has_number(result: list[Obj]) -> bool:
     return any(not math.isnan(float(s["value"][1])) for s in result)
 
@@ -291,7 +212,7 @@ def test_every_recording_rule_and_dashboard_query_returns_data(
         deadline = time.monotonic() + DEADLINE_S
         while pending and time.monotonic() < deadline:
             for where, query in list(pending.items()):
-                if _has_number(_query(prometheus, query.expr)):
+                if _has_number(ask(prometheus, query.expr)):
                     del pending[where]
             if pending:
                 time.sleep(0.5)  # polling Prometheus for data that needs more scrapes
@@ -304,13 +225,13 @@ def test_every_recording_rule_and_dashboard_query_returns_data(
     # The server's cache figures are per endpoint: the pod name less its two suffixes.
     for key, query in panel_queries(dashboard):
         if key[0] == "Cache volume" and key not in ALLOWED_EMPTY:
-            labels = [sample["metric"] for sample in _query(prometheus, query.expr)]
+            labels = [sample["metric"] for sample in ask(prometheus, query.expr)]
             assert labels == [{"namespace": "tts", "server": "f5tts"}], (query.where, labels)
     for query in allowed:
-        assert not _query(prometheus, query.expr), (
+        assert not ask(prometheus, query.expr), (
             f"{query.where} now has data: take it off ALLOWED_EMPTY"
         )
-    targets = _query(prometheus, "up")
+    targets = ask(prometheus, "up")
     assert {t["metric"]["job"] for t in targets if t["value"][1] == "1"} == {
         "tts-server",
         "tts-operator",
@@ -419,8 +340,8 @@ def test_kedas_wake_up_query_finds_the_pending_ttsjobs_through_the_charts_servic
     scaled = b.scaled_object(endpoint, b.BuildConfig(prometheus_url=prometheus))
     (trigger,) = [t for t in scaled["spec"]["triggers"] if t["name"] == "pending-jobs"]
     deadline = time.monotonic() + 30
-    result = _query(prometheus, trigger["metadata"]["query"])
+    result = ask(prometheus, trigger["metadata"]["query"])
     while not result and time.monotonic() < deadline:
         time.sleep(0.5)  # polling Prometheus until its first scrapes are in
-        result = _query(prometheus, trigger["metadata"]["query"])
+        result = ask(prometheus, trigger["metadata"]["query"])
     assert [float(sample["value"][1]) for sample in result] == [2.0], result

@@ -6,7 +6,10 @@ under. It lands in ``.tools/kube/<key>/`` with one link per name; the key covers
 the pinned versions, go.sum and main.go, so a second run builds nothing and a
 version change builds a new one beside the old.
 
-Prints the folder. ``--print-key`` prints the key only (no build).
+KEDA's operator (tests/cluster/keda/go.mod) lands the same way in
+``.tools/keda-operator/<key>/``, and KEDA's CRDs beside it.
+
+Prints the folders. ``--print-key`` prints the control plane's key only (no build).
 """
 
 from __future__ import annotations
@@ -25,19 +28,26 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE = Path(__file__).resolve().parent / "kube"
 TOOLS = ROOT / ".tools" / "kube"
 NAMES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok")
-# KEDA's own ScaledObject CRD, from its Go module (fetched and checksum-verified by go):
-# the operator's ScaledObjects are validated against it by the test API server.
-KEDA = "v2.21.0"
-KEDA_CRD = "config/crd/bases/keda.sh_scaledobjects.yaml"
+# KEDA's operator and its CRDs, from its Go module (fetched and checksum-verified by go):
+# the operator's ScaledObjects are validated against KEDA's schema by the test API
+# server, and the real KEDA operator scales from them.
+KEDA_MODULE = Path(__file__).resolve().parent / "keda"
+KEDA_TOOLS = ROOT / ".tools" / "keda-operator"
+KEDA_PACKAGE = "github.com/kedacore/keda/v2"
+KEDA_CRDS = "config/crd/bases"
+KEDA_CRD = f"{KEDA_CRDS}/keda.sh_scaledobjects.yaml"
 
 
-def pinned(module: str) -> str:
-    """The version go.mod requires of ``module``."""
-    text = (MODULE / "go.mod").read_text()
+def pinned(module: str, folder: Path = MODULE) -> str:
+    """The version ``folder``'s go.mod requires of ``module``."""
+    text = (folder / "go.mod").read_text()
     match = re.search(rf"^\s*{re.escape(module)}\s+(v\S+)", text, re.MULTILINE)
     if not match:
-        raise SystemExit(f"{module} is not required in {MODULE / 'go.mod'}")
+        raise SystemExit(f"{module} is not required in {folder / 'go.mod'}")
     return match.group(1)
+
+
+KEDA = pinned(KEDA_PACKAGE, KEDA_MODULE)
 
 
 def kubernetes_version() -> str:
@@ -122,26 +132,71 @@ def ensure() -> Path:
     return out
 
 
-def keda_crd() -> Path:
-    """KEDA's ScaledObject CRD at the pinned version, copied once into .tools/."""
-    out = ROOT / ".tools" / f"keda-{KEDA}" / Path(KEDA_CRD).name
-    if out.exists():
+def keda_crds() -> Path:
+    """The folder of KEDA's CRDs at the pinned version, copied once into .tools/."""
+    out = ROOT / ".tools" / f"keda-{KEDA}"
+    if (out / Path(KEDA_CRD).name).exists():
         return out
     proc = subprocess.run(
-        ["go", "mod", "download", "-json", f"github.com/kedacore/keda/v2@{KEDA}"],
+        ["go", "mod", "download", "-json", f"{KEDA_PACKAGE}@{KEDA}"],
         capture_output=True,
         text=True,
-        cwd=MODULE,
+        cwd=KEDA_MODULE,
         env={**os.environ, "GOFLAGS": "-mod=mod"},
     )
     info = json.loads(proc.stdout or "{}")
     if not info.get("Dir"):
-        raise SystemExit(
-            f"go mod download github.com/kedacore/keda/v2@{KEDA} failed: {proc.stderr}"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(info["Dir"]) / KEDA_CRD, out)
+        raise SystemExit(f"go mod download {KEDA_PACKAGE}@{KEDA} failed: {proc.stderr}")
+    out.mkdir(parents=True, exist_ok=True)
+    for crd in sorted((Path(info["Dir"]) / KEDA_CRDS).glob("*.yaml")):
+        shutil.copyfile(crd, out / crd.name)
     return out
+
+
+def keda_crd() -> Path:
+    """KEDA's ScaledObject CRD at the pinned version."""
+    return keda_crds() / Path(KEDA_CRD).name
+
+
+def keda_key() -> str:
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum"):
+        digest.update((KEDA_MODULE / name).read_bytes())
+    return f"keda{KEDA}-{digest.hexdigest()[:10]}"
+
+
+def keda_operator() -> Path:
+    """KEDA's operator binary at the pinned version, built once per key."""
+    out = KEDA_TOOLS / keda_key()
+    binary = out / "keda-operator"
+    if binary.exists():
+        return binary
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("go is not installed: KEDA's operator is built from its Go module")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started = time.monotonic()
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
+    stamp = f"-X {KEDA_PACKAGE}/version.Version={KEDA}"
+    subprocess.run(
+        [go, "build", "-trimpath", "-ldflags", f"-s -w {stamp}", "-o", str(tmp / "keda-operator"),
+         f"{KEDA_PACKAGE}/cmd/operator"],
+        cwd=KEDA_MODULE,
+        env=env,
+        check=True,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    (tmp / "build.json").write_text(
+        json.dumps({"key": out.name, "seconds": round(seconds, 1), "go": go_version()}) + "\n"
+    )
+    tmp.rename(out)
+    for old in KEDA_TOOLS.iterdir():
+        if old != out and old.is_dir():
+            shutil.rmtree(old)
+    print(f"built KEDA's operator in {seconds:.0f}s: {binary}", file=sys.stderr)
+    return binary
 
 
 def main(argv: list[str]) -> int:
@@ -156,7 +211,8 @@ def main(argv: list[str]) -> int:
         )
         return 0
     print(ensure())
-    print(keda_crd())
+    print(keda_crds())
+    print(keda_operator())
     return 0
 
 

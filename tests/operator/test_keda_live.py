@@ -1,0 +1,134 @@
+"""KEDA's real operator scales an endpoint to zero and wakes it for a TTSJob.
+
+The chain a user relies on, end to end: the operator counts the TTSJob as pending
+(tts_operator_endpoint_pending_jobs, served on /metrics as the operator serves it),
+a real Prometheus scrapes it as the chart's ServiceMonitor says (honor_labels), and
+KEDA's operator, polling the ScaledObject's pending-jobs trigger, scales the
+endpoint's Deployment from zero to one. Nothing in the test scales anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from prometheus_client import start_http_server
+
+os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
+
+from tests.chart.helm import ALL_ON, render
+from tests.operator.conftest import RunOperator
+from tests.operator.test_autoscaling import replicas
+from tests.operator.test_flows import setup, status
+from tests.support.cluster import ClusterHandle, Kube
+from tests.support.keda import running_keda
+from tests.support.prometheus import running_prometheus, service_monitor_scrape
+from tests.support.s3 import free_port
+from tts_operator import config
+from tts_operator import constants as c
+
+pytestmark = pytest.mark.slow
+
+# KEDA polls a ScaledObject's triggers every 30 s (its default pollingInterval).
+KEDA_POLL_S = 30
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[str]:
+    """This process's metrics (the operator's registry), scraped as prometheus-operator
+    scrapes them from the chart's ServiceMonitor (its target labels, honorLabels)."""
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1")
+    scrape = service_monitor_scrape(render(ALL_ON), f"127.0.0.1:{port}")
+    try:
+        (tmp_path / "prometheus").mkdir()
+        with running_prometheus(tmp_path / "prometheus", [scrape]) as url:
+            yield url
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def _scaled_object_condition(kube: Kube, ns: str, type_: str) -> dict[str, Any]:
+    scaled = kube.get("scaledobjects", ns, "f5tts") or {}
+    for cond in (scaled.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return {}
+
+
+def test_keda_puts_an_idle_endpoint_to_sleep_and_wakes_it_for_a_ttsjob(
+    kube: Kube,
+    ns: str,
+    run_operator: RunOperator,
+    control_plane: ClusterHandle,
+    prometheus: str,
+    tmp_path: Path,
+) -> None:
+    with running_keda(kube, control_plane.kubeconfig, tmp_path / "keda"):
+        settings = config.Settings(
+            namespaces=(ns,),
+            endpoint_url_template="http://{service}.{namespace}.svc:{port}",
+            autoscaler="keda",
+            prometheus_url=prometheus,
+        )
+        run_operator(memo=kopf.Memo(settings=settings))
+        setup(kube, ns, autoscaling={"minReplicas": 0, "maxReplicas": 2, "targetQueueDepth": 2})
+        kube.wait_for(
+            lambda: _scaled_object_condition(kube, ns, "Ready").get("status") == "True",
+            timeout=120,
+            message="KEDA never took up the ScaledObject",
+        )
+        # Nothing queued, no TTSJob: KEDA puts the endpoint to sleep.
+        kube.wait_for(
+            lambda: replicas(kube, ns) == 0,
+            timeout=3 * KEDA_POLL_S,
+            message="KEDA never scaled the idle endpoint to zero",
+        )
+        kube.wait_for(
+            lambda: any(
+                cd["type"] == c.AVAILABLE and cd["reason"] == c.REASON_SCALED_TO_ZERO
+                for cd in status(kube, ns).get("conditions", [])
+            ),
+            message="the endpoint does not say it sleeps",
+        )
+        assert _scaled_object_condition(kube, ns, "Active").get("status") != "True"
+
+        kube.create(
+            "ttsjobs",
+            ns,
+            {
+                "metadata": {"name": "wake-up"},
+                "spec": {
+                    "endpointRef": {"name": "f5tts"},
+                    "text": "Wake up.",
+                    "output": {"uri": "s3://my-tts-bucket/outputs/wake-up.wav"},
+                },
+            },
+        )
+        # KEDA reads the pending TTSJob through Prometheus and scales the Deployment up.
+        kube.wait_for(
+            lambda: replicas(kube, ns) >= 1,
+            timeout=3 * KEDA_POLL_S,
+            message="KEDA never woke the endpoint for the pending TTSJob",
+        )
+        assert _scaled_object_condition(kube, ns, "Active").get("status") == "True"
+        kube.wait_for(
+            lambda: status(kube, ns).get("readyReplicas", 0) >= 1,
+            timeout=60,
+            message="the woken endpoint never became ready",
+        )
+
+        def job_message() -> str:
+            job = kube.get("ttsjobs", ns, "wake-up") or {}
+            return str((job.get("status") or {}).get("message", ""))
+
+        kube.wait_for(
+            lambda: "did not take the job yet" in job_message() or "submitted" in job_message(),
+            timeout=60,
+            message="the job never went to the woken endpoint",
+        )

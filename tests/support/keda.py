@@ -1,0 +1,90 @@
+"""KEDA's real operator (built by tests/cluster/build.py), run against a cluster.
+
+It watches every namespace with the kubeconfig it is given, polls the Prometheus
+triggers of each ScaledObject, and scales their Deployments itself between zero
+and one (the HPA it also makes needs KEDA's metrics API server, which is not run:
+from one to many is the HPA test's business, not this one's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.cluster import build
+from tests.support.cluster import Kube, _write_pki, install_crds, namespace, tail
+from tests.support.s3 import free_port
+
+KEDA_NAMESPACE = "keda"
+
+
+def keda_crds() -> list[dict[str, object]]:
+    """Every CRD KEDA's operator watches, at the pinned version."""
+    return [yaml.safe_load(crd.read_text()) for crd in sorted(build.keda_crds().glob("*.yaml"))]
+
+
+@contextlib.contextmanager
+def running_keda(kube: Kube, kubeconfig: Path, folder: Path) -> Iterator[Path]:
+    """KEDA's operator, ready (its health probe answers); yields its log file."""
+    binary = build.keda_operator()
+    install_crds(kube, keda_crds())
+    certs = folder / "certs"
+    pki = _write_pki(folder / "pki")
+    certs.mkdir(parents=True)
+    # Its gRPC metrics service (for KEDA's metrics API server) insists on a key pair.
+    for name, source in (
+        ("ca.crt", "ca.crt"),
+        ("tls.crt", "server.crt"),
+        ("tls.key", "server.key"),
+    ):
+        shutil.copyfile(pki[source], certs / name)
+    probe = free_port()
+    log = folder / "keda-operator.log"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")},
+        "KUBECONFIG": str(kubeconfig),
+        "WATCH_NAMESPACE": "",
+        "POD_NAMESPACE": KEDA_NAMESPACE,
+        "KEDA_CLUSTER_OBJECT_NAMESPACE": KEDA_NAMESPACE,
+    }
+    argv = [
+        str(binary),
+        f"--health-probe-bind-address=127.0.0.1:{probe}",
+        f"--metrics-bind-address=127.0.0.1:{free_port()}",
+        f"--metrics-service-bind-address=127.0.0.1:{free_port()}",
+        f"--cert-dir={certs}",
+        f"--ca-dir={certs}",
+        "--enable-webhook-patching=false",
+        "--enable-apiservice-patching=false",
+        "--zap-log-level=info",
+    ]
+    with namespace(kube, KEDA_NAMESPACE), log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"keda-operator exited: {tail(log, 40)}")
+                try:
+                    if httpx.get(f"http://127.0.0.1:{probe}/readyz", timeout=2).is_success:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(tail(log, 40))
+                time.sleep(0.2)  # polling a process that is starting up
+            yield log
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
