@@ -81,41 +81,39 @@ def ldflags(version: str) -> str:
     return f"-s -w {flags}"
 
 
-def build(out: Path) -> float:
-    """Build into ``out`` (written to a temporary folder, then renamed): seconds taken."""
+def go_build(module: Path, out: Path, binary: str, package: str, flags: str) -> float:
+    """``go build`` ``package`` of ``module`` into ``out/binary`` (written to a temporary
+    folder, then renamed; other builds beside ``out`` are removed): seconds taken."""
     go = shutil.which("go")
     if go is None:
-        raise SystemExit("go is not installed: the test control plane is built from Go modules")
+        raise SystemExit(f"go is not installed: {binary} is built from Go modules")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     started = time.monotonic()
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
     subprocess.run(
-        [
-            go,
-            "build",
-            "-trimpath",
-            "-ldflags",
-            ldflags(kubernetes_version()),
-            "-o",
-            str(tmp / "kube"),
-            ".",
-        ],
-        cwd=MODULE,
+        [go, "build", "-trimpath", "-ldflags", flags, "-o", str(tmp / binary), package],
+        cwd=module,
         env=env,
         check=True,
     )
     seconds = time.monotonic() - started
-    for name in NAMES:
-        (tmp / name).symlink_to("kube")
     (tmp / "build.json").write_text(
         json.dumps({"key": out.name, "seconds": round(seconds, 1), "go": go_version()}) + "\n"
     )
     tmp.rename(out)
-    for old in TOOLS.iterdir():
+    for old in out.parent.iterdir():
         if old != out and old.is_dir():
             shutil.rmtree(old)  # an earlier version's build: nothing uses it any more
+    return seconds
+
+
+def build(out: Path) -> float:
+    """Build the control plane into ``out``: seconds taken."""
+    seconds = go_build(MODULE, out, "kube", ".", ldflags(kubernetes_version()))
+    for name in NAMES:
+        (out / name).symlink_to("kube")
     return seconds
 
 
@@ -171,30 +169,8 @@ def keda_operator() -> Path:
     binary = out / "keda-operator"
     if binary.exists():
         return binary
-    go = shutil.which("go")
-    if go is None:
-        raise SystemExit("go is not installed: KEDA's operator is built from its Go module")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    started = time.monotonic()
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
-    stamp = f"-X {KEDA_PACKAGE}/version.Version={KEDA}"
-    subprocess.run(
-        [go, "build", "-trimpath", "-ldflags", f"-s -w {stamp}", "-o", str(tmp / "keda-operator"),
-         f"{KEDA_PACKAGE}/cmd/operator"],
-        cwd=KEDA_MODULE,
-        env=env,
-        check=True,
-    )  # fmt: skip
-    seconds = time.monotonic() - started
-    (tmp / "build.json").write_text(
-        json.dumps({"key": out.name, "seconds": round(seconds, 1), "go": go_version()}) + "\n"
-    )
-    tmp.rename(out)
-    for old in KEDA_TOOLS.iterdir():
-        if old != out and old.is_dir():
-            shutil.rmtree(old)
+    stamp = f"-s -w -X {KEDA_PACKAGE}/version.Version={KEDA}"
+    seconds = go_build(KEDA_MODULE, out, "keda-operator", f"{KEDA_PACKAGE}/cmd/operator", stamp)
     print(f"built KEDA's operator in {seconds:.0f}s: {binary}", file=sys.stderr)
     return binary
 

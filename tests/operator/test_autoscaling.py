@@ -51,6 +51,52 @@ def leaves_the_count_alone(kube: Kube, ns: str, count: int) -> None:
     assert replicas(kube, ns) == count, "the operator fought the autoscaler"
 
 
+WAKE_UP = "wake-up"
+
+
+def says_it_sleeps(kube: Kube, ns: str) -> None:
+    """The endpoint at zero pods is Ready, its Available condition says ScaledToZero."""
+    kube.wait_for(
+        lambda: status(kube, ns).get("phase") == "Ready"
+        and any(
+            cd["type"] == "Available" and cd["reason"] == "ScaledToZero"
+            for cd in status(kube, ns)["conditions"]
+        ),
+        message="scaled to zero is not reported as such",
+    )
+
+
+def wake_up_job(kube: Kube, ns: str) -> None:
+    """A TTSJob for the endpoint f5tts."""
+    kube.create(
+        "ttsjobs",
+        ns,
+        {
+            "metadata": {"name": WAKE_UP},
+            "spec": {
+                "endpointRef": {"name": "f5tts"},
+                "text": "Wake up.",
+                "output": {"uri": "s3://my-tts-bucket/outputs/wake-up.wav"},
+            },
+        },
+    )
+
+
+def wake_up_message(kube: Kube, ns: str) -> str:
+    return str(((kube.get("ttsjobs", ns, WAKE_UP) or {}).get("status") or {}).get("message", ""))
+
+
+def goes_to_the_woken_endpoint(kube: Kube, ns: str) -> None:
+    """The TTSJob is sent to the endpoint (no server answers here: it is told "not now")."""
+    kube.wait_for(
+        lambda: any(
+            said in wake_up_message(kube, ns) for said in ("did not take the job yet", "submitted")
+        ),
+        timeout=60,
+        message="the job never went to the woken endpoint",
+    )
+
+
 def test_hpa_on_queue_depth_owns_the_replica_count_and_goes_when_autoscaling_does(
     kube: Kube, ns: str, run_operator: RunOperator
 ) -> None:
@@ -137,42 +183,17 @@ def test_keda_scaled_object_matches_kedas_schema_and_can_scale_to_zero(
 
     # KEDA scales the endpoint to zero when idle: the operator does not bring it back.
     leaves_the_count_alone(kube, ns, 0)
-    kube.wait_for(
-        lambda: status(kube, ns).get("phase") == "Ready"
-        and any(
-            cd["type"] == "Available" and cd["reason"] == "ScaledToZero"
-            for cd in status(kube, ns)["conditions"]
-        ),
-        message="scaled to zero is not reported as such",
-    )
+    says_it_sleeps(kube, ns)
 
     # A TTSJob for the sleeping endpoint waits, says why, and counts in the metric KEDA
     # wakes on; once the autoscaler scales up, the job goes to the endpoint.
-    kube.create(
-        "ttsjobs",
-        ns,
-        {
-            "metadata": {"name": "wake-up"},
-            "spec": {
-                "endpointRef": {"name": "f5tts"},
-                "text": "Wake up.",
-                "output": {"uri": "s3://my-tts-bucket/outputs/wake-up.wav"},
-            },
-        },
+    wake_up_job(kube, ns)
+    kube.wait_for(
+        lambda: "scaled to zero by its autoscaler" in wake_up_message(kube, ns),
+        message="no reason",
     )
-
-    def job_message() -> str:
-        return str(
-            ((kube.get("ttsjobs", ns, "wake-up") or {}).get("status") or {}).get("message", "")
-        )
-
-    kube.wait_for(lambda: "scaled to zero by its autoscaler" in job_message(), message="no reason")
-    assert (kube.get("ttsjobs", ns, "wake-up") or {})["status"]["phase"] == "Pending"
+    assert (kube.get("ttsjobs", ns, WAKE_UP) or {})["status"]["phase"] == "Pending"
     labels = {"namespace": ns, "endpoint": "f5tts"}
     assert REGISTRY.get_sample_value("tts_operator_endpoint_pending_jobs", labels) == 1
     kube.patch("deployments", ns, "f5tts", {"spec": {"replicas": 1}})  # what KEDA does
-    kube.wait_for(
-        lambda: "did not take the job yet" in job_message() or "submitted" in job_message(),
-        timeout=60,
-        message="the job never went to the woken endpoint",
-    )
+    goes_to_the_woken_endpoint(kube, ns)

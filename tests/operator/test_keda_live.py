@@ -22,14 +22,18 @@ os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
 
 from tests.chart.helm import ALL_ON, render
 from tests.operator.conftest import RunOperator
-from tests.operator.test_autoscaling import replicas
+from tests.operator.test_autoscaling import (
+    goes_to_the_woken_endpoint,
+    replicas,
+    says_it_sleeps,
+    wake_up_job,
+)
 from tests.operator.test_flows import setup, status
 from tests.support.cluster import ClusterHandle, Kube
 from tests.support.keda import running_keda
 from tests.support.prometheus import running_prometheus, service_monitor_scrape
 from tests.support.s3 import free_port
 from tts_operator import config
-from tts_operator import constants as c
 
 pytestmark = pytest.mark.slow
 
@@ -89,27 +93,10 @@ def test_keda_puts_an_idle_endpoint_to_sleep_and_wakes_it_for_a_ttsjob(
             timeout=3 * KEDA_POLL_S,
             message="KEDA never scaled the idle endpoint to zero",
         )
-        kube.wait_for(
-            lambda: any(
-                cd["type"] == c.AVAILABLE and cd["reason"] == c.REASON_SCALED_TO_ZERO
-                for cd in status(kube, ns).get("conditions", [])
-            ),
-            message="the endpoint does not say it sleeps",
-        )
+        says_it_sleeps(kube, ns)
         assert _scaled_object_condition(kube, ns, "Active").get("status") != "True"
 
-        kube.create(
-            "ttsjobs",
-            ns,
-            {
-                "metadata": {"name": "wake-up"},
-                "spec": {
-                    "endpointRef": {"name": "f5tts"},
-                    "text": "Wake up.",
-                    "output": {"uri": "s3://my-tts-bucket/outputs/wake-up.wav"},
-                },
-            },
-        )
+        wake_up_job(kube, ns)
         # KEDA reads the pending TTSJob through Prometheus and scales the Deployment up.
         kube.wait_for(
             lambda: replicas(kube, ns) >= 1,
@@ -123,12 +110,4 @@ def test_keda_puts_an_idle_endpoint_to_sleep_and_wakes_it_for_a_ttsjob(
             message="the woken endpoint never became ready",
         )
 
-        def job_message() -> str:
-            job = kube.get("ttsjobs", ns, "wake-up") or {}
-            return str((job.get("status") or {}).get("message", ""))
-
-        kube.wait_for(
-            lambda: "did not take the job yet" in job_message() or "submitted" in job_message(),
-            timeout=60,
-            message="the job never went to the woken endpoint",
-        )
+        goes_to_the_woken_endpoint(kube, ns)
