@@ -21,6 +21,16 @@ SPEED_FLAGS = (
 )
 
 
+#: Environment variables that keep torch, oneDNN and FBGEMM below the CPU's own
+#: instruction sets (set all four to AVX2 to measure AVX2 code paths on an AVX-512 CPU).
+ISA_LIMITS = (
+    "ATEN_CPU_CAPABILITY",
+    "DNNL_MAX_CPU_ISA",
+    "ONEDNN_MAX_CPU_ISA",
+    "FBGEMM_ENABLE_INSTRUCTIONS",
+)
+
+
 def machine() -> dict[str, Any]:
     model, flags = "", list[str]()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -37,9 +47,13 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(total_kb / 2**20, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "isa_limits": {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)},
     }
 
 
 def describe(info: dict[str, Any]) -> str:
     """One line for a table's caption: CPU model, cores and flags."""
-    return f"{info['cpu']}, {info['cpus']} vCPUs, flags {' '.join(info['cpu_flags']) or 'none of note'}"
+    line = f"{info['cpu']}, {info['cpus']} vCPUs, flags {' '.join(info['cpu_flags']) or 'none of note'}"
+    if limits := info.get("isa_limits"):
+        line += ", limited by " + " ".join(f"{k}={v}" for k, v in sorted(limits.items()))
+    return line
