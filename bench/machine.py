@@ -21,10 +21,11 @@ SPEED_FLAGS = (
 )
 
 
-#: Environment variables that keep torch, oneDNN and FBGEMM below the CPU's own
-#: instruction sets (set all four to AVX2 to measure AVX2 code paths on an AVX-512 CPU).
+#: Environment variables that keep torch, MKL, oneDNN and FBGEMM below the CPU's own
+#: instruction sets (set all of them to AVX2 to run AVX2 code paths on an AVX-512 CPU).
 ISA_LIMITS = (
     "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
     "DNNL_MAX_CPU_ISA",
     "ONEDNN_MAX_CPU_ISA",
     "FBGEMM_ENABLE_INSTRUCTIONS",
