@@ -216,3 +216,13 @@ def test_a_job_running_past_the_deadline_is_cancelled_on_the_endpoint() -> None:
     after = reconcile(api, kube(), running(), NOW + timedelta(seconds=60), activeDeadlineSeconds=60)
     assert after["phase"] == "Failed"
     assert api.cancelled == ["j-1"]
+
+
+def test_a_job_that_succeeded_just_before_the_deadline_is_not_failed_for_it() -> None:
+    done = ServerJob(id="j-1", state="succeeded", output_uri="s3://b/o.wav", audio_seconds=1.5)
+    api = FakeApi(remote=done)
+    status = reconcile(
+        api, kube(), running(), NOW + timedelta(seconds=61), activeDeadlineSeconds=60
+    )
+    assert status["phase"] == "Succeeded"
+    assert not api.cancelled

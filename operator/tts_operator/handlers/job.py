@@ -138,11 +138,17 @@ async def reconcile(
     status["observedGeneration"] = job["metadata"].get("generation")
     gen = job["metadata"].get("generation")
     if job["spec"].get("endpointRef"):
-        if why := past_deadline(job, now):
-            if status.get("serverJobId"):
-                await cancel(api, kube, job)
-            return _finish(status, job, now, ok=False, message=why, reason=DEADLINE_EXCEEDED)
-        return await _on_endpoint(kube, api, job, status, gen, now)
+        why = past_deadline(job, now)
+        if why is None:
+            return await _on_endpoint(kube, api, job, status, gen, now)
+        if status.get("serverJobId"):
+            # A job that ended on the endpoint just before the deadline ends as it did (with a
+            # job on the endpoint this pass only reads its state: it never submits).
+            ended = await _on_endpoint(kube, api, job, dict(status), gen, now)
+            if ended.get("phase") in (c.PHASE_SUCCEEDED, c.PHASE_FAILED):
+                return ended
+            await cancel(api, kube, job)
+        return _finish(status, job, now, ok=False, message=why, reason=DEADLINE_EXCEEDED)
     return await _as_batch(kube, job, status, config, gen, now)
 
 
