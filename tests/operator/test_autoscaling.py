@@ -151,7 +151,7 @@ def test_keda_scaled_object_matches_kedas_schema_and_can_scale_to_zero(
 ) -> None:
     install_crds(kube, [keda_crd])
     start(run_operator, ns, "auto")  # KEDA's CRD is there: auto chooses it
-    setup(kube, ns, autoscaling={**SCALING, "minReplicas": 0})
+    setup(kube, ns, autoscaling={**SCALING, "minReplicas": 0, "pollingIntervalSeconds": 5})
     kube.wait_for(
         lambda: status(kube, ns).get("phase") == "Ready", timeout=60, message="never Ready"
     )
@@ -161,6 +161,7 @@ def test_keda_scaled_object_matches_kedas_schema_and_can_scale_to_zero(
     assert kube.get("horizontalpodautoscalers", ns, "f5tts") is None
     spec = scaled["spec"]
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (0, 3)
+    assert spec["pollingInterval"] == 5
     queries = {t["name"]: t["metadata"]["query"] for t in spec["triggers"]}
     assert f'namespace="{ns}"' in queries["queue-depth"]
     assert "tts_operator_endpoint_pending_jobs" in queries["pending-jobs"]

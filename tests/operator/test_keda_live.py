@@ -37,8 +37,8 @@ from tts_operator import config
 
 pytestmark = pytest.mark.slow
 
-# KEDA polls a ScaledObject's triggers every 30 s (its default pollingInterval).
-KEDA_POLL_S = 30
+# How often KEDA reads the ScaledObject's triggers (spec.autoscaling.pollingIntervalSeconds).
+KEDA_POLL_S = 5
 
 
 @pytest.fixture
@@ -81,7 +81,8 @@ def test_keda_puts_an_idle_endpoint_to_sleep_and_wakes_it_for_a_ttsjob(
             prometheus_url=prometheus,
         )
         run_operator(memo=kopf.Memo(settings=settings))
-        setup(kube, ns, autoscaling={"minReplicas": 0, "maxReplicas": 2, "targetQueueDepth": 2})
+        scaling = {"minReplicas": 0, "maxReplicas": 2, "targetQueueDepth": 2}
+        setup(kube, ns, autoscaling={**scaling, "pollingIntervalSeconds": KEDA_POLL_S})
         kube.wait_for(
             lambda: _scaled_object_condition(kube, ns, "Ready").get("status") == "True",
             timeout=120,
@@ -90,7 +91,7 @@ def test_keda_puts_an_idle_endpoint_to_sleep_and_wakes_it_for_a_ttsjob(
         # Nothing queued, no TTSJob: KEDA puts the endpoint to sleep.
         kube.wait_for(
             lambda: replicas(kube, ns) == 0,
-            timeout=3 * KEDA_POLL_S,
+            timeout=60,
             message="KEDA never scaled the idle endpoint to zero",
         )
         says_it_sleeps(kube, ns)
@@ -100,7 +101,7 @@ def test_keda_puts_an_idle_endpoint_to_sleep_and_wakes_it_for_a_ttsjob(
         # KEDA reads the pending TTSJob through Prometheus and scales the Deployment up.
         kube.wait_for(
             lambda: replicas(kube, ns) >= 1,
-            timeout=3 * KEDA_POLL_S,
+            timeout=60,
             message="KEDA never woke the endpoint for the pending TTSJob",
         )
         assert _scaled_object_condition(kube, ns, "Active").get("status") == "True"

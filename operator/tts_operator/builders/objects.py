@@ -561,6 +561,11 @@ def scaled_object(endpoint: Obj, config: BuildConfig) -> Obj:
             "minReplicaCount": low,
             "maxReplicaCount": high,
             "cooldownPeriod": SCALE_DOWN_WINDOW_S,
+            **(
+                {"pollingInterval": int(polling)}
+                if (polling := endpoint["spec"]["autoscaling"].get("pollingIntervalSeconds"))
+                else {}
+            ),
             "triggers": [
                 {
                     "type": "prometheus",
