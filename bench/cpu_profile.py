@@ -15,7 +15,6 @@ to see the same on AVX2 code paths.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.dtype_bench import TEXT  # noqa: E402
-from bench.machine import describe, machine  # noqa: E402
+from bench.machine import describe, machine, write_report  # noqa: E402
 
 GROUPS = {
     "matrix products": ("quantized::linear_dynamic", "aten::addmm", "aten::mm", "aten::bmm"),
@@ -97,9 +96,7 @@ def main() -> int:
         print(f"  {op['self_ms']:>9.1f} ms  {op['calls']:>5}  {op['op']}")
     limited = "-avx2-limited" if here["isa_limits"] else ""
     out = args.out or ROOT / "bench" / "out" / f"cpu-profile-{args.dtype}{limited}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(out, report)
     return 0
 
 

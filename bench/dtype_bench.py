@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import describe, machine  # noqa: E402
+from bench.machine import describe, machine, write_report  # noqa: E402
 
 DTYPES = ("float32", "bfloat16", "int8")
 TEXT = "The early train was late again this morning, so we walked."
@@ -181,9 +180,7 @@ def main() -> int:
         "request": request_figures(args.nfe_step),
     }
     out = args.out or ROOT / "bench" / "out" / f"dtype-{report['machine']['cpu_flags'][-1]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(out, report)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -58,3 +59,10 @@ def describe(info: dict[str, Any]) -> str:
     if limits := info.get("isa_limits"):
         line += ", limited by " + " ".join(f"{k}={v}" for k, v in sorted(limits.items()))
     return line
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's raw figures as JSON (bench/out/ by convention) and say where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
