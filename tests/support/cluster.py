@@ -70,7 +70,7 @@ Body = dict[str, Any]
 # ------------------------------------------------------------------------- certificates
 
 
-def _write_pki(folder: Path) -> dict[str, Path]:
+def write_pki(folder: Path) -> dict[str, Path]:
     """A CA, the API server's serving certificate and the service-account key pair."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -290,7 +290,7 @@ class ControlPlane:
 
     def start(self, timeout: float = 60.0) -> ControlPlane:
         t0 = time.monotonic()
-        self.pki = _write_pki(self.folder / "pki")
+        self.pki = write_pki(self.folder / "pki")
         exe = self.bin_dir
         logs = self.folder / "logs"
 

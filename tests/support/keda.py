@@ -20,7 +20,7 @@ import httpx
 import yaml
 
 from tests.cluster import build
-from tests.support.cluster import Kube, _write_pki, install_crds, namespace, tail
+from tests.support.cluster import Kube, install_crds, namespace, tail, write_pki
 from tests.support.s3 import free_port
 
 KEDA_NAMESPACE = "keda"
@@ -37,7 +37,7 @@ def running_keda(kube: Kube, kubeconfig: Path, folder: Path) -> Iterator[Path]:
     binary = build.keda_operator()
     install_crds(kube, keda_crds())
     certs = folder / "certs"
-    pki = _write_pki(folder / "pki")
+    pki = write_pki(folder / "pki")
     certs.mkdir(parents=True)
     # Its gRPC metrics service (for KEDA's metrics API server) insists on a key pair.
     for name, source in (
