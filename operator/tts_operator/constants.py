@@ -52,6 +52,8 @@ REASON_SCALED_TO_ZERO = "ScaledToZero"
 REASON_REPLICAS_READY = "ReplicasReady"
 REASON_REPLICAS_NOT_READY = "ReplicasNotReady"
 REASON_SERVER_FAILING = "ServerFailing"
+# A TTSJob out of time: the Job controller's own reason, which a batch TTSJob passes on.
+REASON_DEADLINE_EXCEEDED = "DeadlineExceeded"
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_CLAIM_SIZE_MATCHES = "SizeMatches"
 REASON_CLAIM_EXPANDING = "Expanding"

@@ -14,8 +14,16 @@ from typing import Any
 Condition = dict[str, Any]
 
 
+RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def now_rfc3339(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (now or datetime.now(UTC)).strftime(RFC3339)
+
+
+def parse_rfc3339(text: str, like: datetime) -> datetime:
+    """A timestamp as the API server writes it, in ``like``'s time zone (for comparing)."""
+    return datetime.strptime(text, RFC3339).replace(tzinfo=like.tzinfo)
 
 
 def set_condition(

@@ -76,10 +76,13 @@ def job_state(job: Obj | None, pods: list[Obj]) -> JobState | None:
     if "Complete" in conds or job.get("status", {}).get("succeeded", 0) >= completions:
         return JobState("succeeded", "cache synced", summary)
     if "Failed" in conds:
-        if conds["Failed"].get("reason") == "DeadlineExceeded":
+        if conds["Failed"].get("reason") == c.REASON_DEADLINE_EXCEEDED:
             # Its pods were stopped for it: their exit says nothing the deadline does not.
             return JobState(
-                "failed", _deadline_message(conds["Failed"]), summary, reason="DeadlineExceeded"
+                "failed",
+                _deadline_message(conds["Failed"]),
+                summary,
+                reason=c.REASON_DEADLINE_EXCEEDED,
             )
         reason = (
             failure

@@ -31,7 +31,6 @@ log = logging.getLogger("tts_operator.job")
 SUBMITTED = "Submitted"
 COMPLETE = "Complete"
 FAILED = "Failed"
-DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 
 def _what(exc: BaseException) -> str:
@@ -111,7 +110,7 @@ def past_deadline(job: Obj, now: datetime) -> str | None:
     created = job["metadata"].get("creationTimestamp")
     if limit is None or not created:
         return None
-    start = datetime.strptime(str(created), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
+    start = st.parse_rfc3339(str(created), now)
     if now < start + timedelta(seconds=int(limit)):
         return None
     return f"DeadlineExceeded: not finished {int(limit)}s after it was created (spec.activeDeadlineSeconds)"
@@ -123,7 +122,7 @@ def expired(job: Obj, now: datetime) -> bool:
     done = (job.get("status") or {}).get("completedAt")
     if ttl is None or not done:
         return False
-    finished = datetime.strptime(done, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
+    finished = st.parse_rfc3339(done, now)
     return now >= finished + timedelta(seconds=int(ttl))
 
 
@@ -148,7 +147,7 @@ async def reconcile(
             if ended.get("phase") in (c.PHASE_SUCCEEDED, c.PHASE_FAILED):
                 return ended
             await cancel(api, kube, job)
-        return _finish(status, job, now, ok=False, message=why, reason=DEADLINE_EXCEEDED)
+        return _finish(status, job, now, ok=False, message=why, reason=c.REASON_DEADLINE_EXCEEDED)
     return await _as_batch(kube, job, status, config, gen, now)
 
 
