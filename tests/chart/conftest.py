@@ -5,10 +5,8 @@ image test and the live Prometheus test."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 
 from tests.chart import images
 from tests.conftest import require_tool
+from tests.support.process import stop_process, wait_for_http
 from tests.support.s3 import S3Server, free_port
 
 BUCKET = "tts-chart-test"
@@ -135,27 +134,8 @@ def image_server(
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=images.ROOT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {proc.returncode}: {log.read_text()[-4000:]}"
-                )
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(log.read_text()[-4000:])
-            time.sleep(0.2)  # polling a process that is starting up
+        wait_for_http("server", f"{url}/readyz", proc, log, timeout=180)
         yield ImageServer(proc, url, log, left_out)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=60)

@@ -12,15 +12,14 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import yaml
 
 from tests.cluster import build
-from tests.support.cluster import Kube, install_crds, namespace, tail, write_pki
+from tests.support.cluster import Kube, install_crds, namespace, write_pki
+from tests.support.process import stop_process, wait_for_http
 from tests.support.s3 import free_port
 
 KEDA_NAMESPACE = "keda"
@@ -69,22 +68,9 @@ def running_keda(kube: Kube, kubeconfig: Path, folder: Path) -> Iterator[Path]:
     with namespace(kube, KEDA_NAMESPACE), log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"keda-operator exited: {tail(log, 40)}")
-                try:
-                    if httpx.get(f"http://127.0.0.1:{probe}/readyz", timeout=2).is_success:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(tail(log, 40))
-                time.sleep(0.2)  # polling a process that is starting up
+            wait_for_http(
+                "keda-operator", f"http://127.0.0.1:{probe}/readyz", proc, log, timeout=60
+            )
             yield log
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, timeout=30)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import httpx
 import yaml
 
 from tests.conftest import require_tool
+from tests.support.process import stop_process, wait_for_http
 from tests.support.s3 import free_port
 
 
@@ -47,22 +47,10 @@ def running_prometheus(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(log.read_text()[-3000:])
-            time.sleep(0.1)  # polling a process that is starting up
+        wait_for_http("prometheus", f"{url}/-/ready", proc, log, timeout=30)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc, timeout=30)
 
 
 def service_monitor_scrape(rendered: list[dict[str, Any]], target: str) -> dict[str, Any]:

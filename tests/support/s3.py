@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from tests.support.process import stop_process
 from tts_inference.storage.bucket import S3Client
 
 ACCESS_KEY = "testing-access-key"
@@ -299,9 +300,5 @@ def s3_server(log_dir: Path) -> Iterator[S3Server]:
         finally:
             proxy.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=10)
         log.close()

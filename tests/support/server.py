@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
+from tests.support.process import wait_for_http
 from tests.support.s3 import free_port
 
 BIN = Path(sys.executable).parent
@@ -62,18 +63,12 @@ def start_server(
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = started + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return Server(proc, url, log, time.monotonic() - started)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)  # polling a process that is starting up
-    proc.kill()
-    raise TimeoutError(log.read_text()[-3000:])
+    try:
+        wait_for_http("server", f"{url}/readyz", proc, log, timeout)
+    except TimeoutError:
+        proc.kill()
+        raise
+    return Server(proc, url, log, time.monotonic() - started)
 
 
 class HeldRequest:
