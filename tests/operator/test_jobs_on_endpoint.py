@@ -117,6 +117,27 @@ def _finished(kube: Kube, ns: str, name: str) -> Any:
     return status if status.get("phase") in ("Succeeded", "Failed") else None
 
 
+def _finished_on_a_new_server(
+    kube: Kube,
+    ns: str,
+    name: str,
+    tiny_model: Path,
+    s3: S3Server,
+    tmp: Path,
+    port: int,
+    timeout: float,
+) -> Any:
+    """The pod that replaces the endpoint's server comes up at the same address: the
+    TTSJob's status once it has finished there."""
+    new = start_endpoint_server(tiny_model, s3, tmp, port)
+    try:
+        return kube.wait_for(
+            lambda: _finished(kube, ns, name), timeout=timeout, message=f"{name} never finished"
+        )
+    finally:
+        stop(new)
+
+
 def test_job_succeeds_and_its_audio_is_in_the_bucket(
     kube: Kube, ns: str, run_operator: RunOperator, server: Server, s3: S3Server
 ) -> None:
@@ -257,13 +278,7 @@ def test_a_job_survives_a_rollout_of_its_endpoint(
         )
     finally:
         stop(old)
-    new = start_endpoint_server(tiny_model, s3, tmp_path, port)
-    try:
-        status = kube.wait_for(
-            lambda: _finished(kube, ns, "rolled"), timeout=300, message="the job never finished"
-        )
-    finally:
-        stop(new)
+    status = _finished_on_a_new_server(kube, ns, "rolled", tiny_model, s3, tmp_path, port, 300)
     assert status["phase"] == "Succeeded", status
     assert status["attempts"] == 1
     data = s3.client(direct=True).get_object(Bucket=BUCKET, Key="outputs/rolled.wav")["Body"].read()
@@ -357,13 +372,7 @@ def test_a_job_sent_to_a_draining_endpoint_waits_out_its_503_then_runs_on_the_ne
     assert waiting["phase"] == "Pending"
     assert "(503: draining: the server is shutting down)" in waiting["message"], waiting
     assert "trying again in 5s" in waiting["message"], "the server's Retry-After"
-    new = start_endpoint_server(tiny_model, s3, tmp_path, port)
-    try:
-        status = kube.wait_for(
-            lambda: _finished(kube, ns, "drained"), timeout=120, message="never finished"
-        )
-    finally:
-        stop(new)
+    status = _finished_on_a_new_server(kube, ns, "drained", tiny_model, s3, tmp_path, port, 120)
     assert status["phase"] == "Succeeded", status
     assert status["attempts"] == 1
     assert status["transientErrors"] >= 1
