@@ -6,7 +6,9 @@ Steps, each bounded in time, all in one run (under 8 minutes on an H100):
    installed at its version;
 2. the gpu-marked tests (full-size bfloat16/float16 load and synthesis,
    flash_attn where it imports);
-3. the full-size server at its defaults against f5-tts's ``F5TTS.infer`` at 32
+3. the host syncs of one full-size batch of 3 at the server's defaults, once
+   and at each ODE step (bench/host_syncs.py: 0 a step is the goal);
+4. the full-size server at its defaults against f5-tts's ``F5TTS.infer`` at 32
    steps, at concurrency 1, 4 and 16 (bench/server_bench.py): throughput,
    p50 and p95, time to the first audio byte of a stream, warm start, and the
    GPU memory the server holds.
@@ -98,6 +100,23 @@ def gpu_tests(dry_run: bool) -> dict[str, Any]:
     return _run([*command, "tests/inference/test_engine_f5.py"], 150)
 
 
+def host_syncs(out: Path, dry_run: bool) -> dict[str, Any]:
+    size, _, device, *_ = DRY if dry_run else FULL
+    report = out / "host-syncs.json"
+    step = _run(
+        [
+            sys.executable,
+            "bench/host_syncs.py",
+            *("--size", size, "--device", device, "--dtype", "float32" if dry_run else "auto"),
+            *("--items", "3", "--out", str(report)),
+        ],
+        120,
+    )
+    if report.exists():
+        step["report"] = json.loads(report.read_text())
+    return step
+
+
 def server(out: Path, dry_run: bool) -> dict[str, Any]:
     size, nfe, device, requests, levels, calls, limit = DRY if dry_run else FULL
     report = out / "server.json"
@@ -125,6 +144,14 @@ def table(result: dict[str, Any]) -> str:
         f"- gpu-marked tests: exit {result['tests']['returncode']} "
         f"in {result['tests']['seconds']} s",
     ]
+    syncs = result["host_syncs"].get("report")
+    if syncs is None:
+        lines.append(f"- host syncs: not counted (exit {result['host_syncs']['returncode']})")
+    else:
+        lines.append(
+            f"- host syncs of a batch of {syncs['items']} ({syncs['engine']['attn_backend']} "
+            f"attention): {syncs['per_step']:g} an ODE step, {syncs['per_batch']:g} a batch"
+        )
     report = result["server"].get("report")
     if report is None:
         lines.append(f"- server: no figures (exit {result['server']['returncode']})")
@@ -161,6 +188,8 @@ def main() -> int:
     print(json.dumps(result["environment"]), flush=True)
     result["tests"] = gpu_tests(args.dry_run)
     print(f"tests: exit {result['tests']['returncode']}", flush=True)
+    result["host_syncs"] = host_syncs(args.out, args.dry_run)
+    print(f"host syncs: exit {result['host_syncs']['returncode']}", flush=True)
     result["server"] = server(args.out, args.dry_run)
     print(f"server: exit {result['server']['returncode']}", flush=True)
     result["seconds"] = round(time.monotonic() - started, 1)
@@ -170,6 +199,7 @@ def main() -> int:
     failed = (
         result["environment"]["wheels_not_installed"] and not args.dry_run,
         result["tests"]["returncode"] != 0,
+        result["host_syncs"]["returncode"] != 0,
         result["server"]["returncode"] != 0,
     )
     return 1 if any(failed) else 0

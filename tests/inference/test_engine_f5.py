@@ -412,6 +412,66 @@ def test_batching_does_not_change_a_seeded_request(engine: Any) -> None:
     assert _max_diff(short_alone, batch[0]) <= _bound(short_alone)
 
 
+def _mels(engine: Any) -> list[Any]:
+    """Three mels of different lengths, as the sampler hands them to the vocoder."""
+    import torch
+
+    generator = torch.Generator().manual_seed(5)
+    n_mels = engine._model.num_channels
+    return [torch.randn(n_mels, frames, generator=generator) for frames in (40, 95, 61)]
+
+
+def test_a_batch_of_mels_is_decoded_in_one_pass_each_as_if_alone(engine: Any) -> None:
+    import torch
+
+    from tts_inference.engine import vocos_batch
+
+    mels = _mels(engine)
+    passes: list[int] = []
+    block = engine._vocoder.backbone.convnext[0]
+    hook = block.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        with torch.inference_mode():
+            alone = [engine._vocoder.decode(m.unsqueeze(0)).squeeze(0).numpy() for m in mels]
+            assert len(passes) == 3
+            passes.clear()
+            batched = [w.numpy() for w in vocos_batch.decode(engine._vocoder, mels)]
+    finally:
+        hook.remove()
+    assert len(passes) == 1  # the backbone ran once for the three
+    assert [len(w) for w in batched] == [len(w) for w in alone]
+    # About 1e-6 of the peak here (float rounding: the kernels see other shapes).
+    for a, b in zip(alone, batched, strict=True):
+        assert _max_diff(a, b) <= _bound(a)
+
+
+def test_without_zeroing_the_padding_a_batched_decode_changes_the_shorter_items(
+    engine: Any,
+) -> None:
+    """The reverse check: padded frames left as the LayerNorm makes them reach an item's end."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    mels = _mels(engine)
+    with torch.inference_mode():
+        shortest = engine._vocoder.decode(mels[0].unsqueeze(0)).squeeze(0).numpy()
+        padded = pad_sequence([m.T for m in mels], batch_first=True).transpose(1, 2)
+        features = engine._vocoder.backbone(padded)
+        plain = engine._vocoder.head(features[:1, : mels[0].shape[-1]]).squeeze(0).numpy()
+    # 5e-3 of the peak here: 50x the bound the batched decode keeps.
+    assert _max_diff(shortest, plain) > 10 * _bound(shortest)
+
+
+def test_a_vocoder_that_cannot_be_batched_is_refused() -> None:
+    from tts_inference.engine import vocos_batch
+
+    class Other:
+        backbone = object()
+
+    with pytest.raises(vocos_batch.VocoderError, match="not vocos' ConvNeXt backbone"):
+        vocos_batch.check(Other())
+
+
 def test_without_the_attention_mask_batching_changes_the_audio(tiny: Path) -> None:
     """The reverse check: the same test fails when padded frames take part in attention."""
     from tts_inference.engine.f5 import F5Engine
@@ -424,6 +484,14 @@ def test_without_the_attention_mask_batching_changes_the_audio(tiny: Path) -> No
     assert _max_diff(alone, batch[1]) > 10 * _bound(alone)
 
 
+def _float32(tiny: Path) -> Any:
+    from tts_inference.engine.f5 import F5Engine
+
+    engine = F5Engine(tiny, device="cpu", dtype="float32")
+    engine.load()
+    return engine._model
+
+
 def test_int8_on_cpu_speaks_and_batching_still_changes_nothing(tiny: Path) -> None:
     """int8 runs requests one at a time (its activation scales are per tensor), so
     a batch cannot change a request's audio; its audio stays close to float32's."""
@@ -432,6 +500,8 @@ def test_int8_on_cpu_speaks_and_batching_still_changes_nothing(tiny: Path) -> No
     int8 = F5Engine(tiny, device="cpu", dtype="int8", max_batch=8)
     int8.load()
     assert int8.info()["dtype"] == "int8"
+    # The Linear weights are packed out of parameters(), and still counted.
+    assert int8.info()["parameters"] == sum(p.numel() for p in _float32(tiny).parameters())
     alone, batch = _alone_and_batched(int8)
     assert np.isfinite(alone).all()
     assert _max_diff(alone, batch[1]) == 0.0
@@ -649,6 +719,13 @@ def test_full_size_with_flash_attn(full_size: Path) -> None:
     try:
         assert engine.info()["attn_backend"] == "flash_attn"
         _speaks(engine, [MIDDLE, SHORT, LONG])
+        # A padded batch: flash_attn unpads once an ODE step (a nonzero and an item), not
+        # three times in each of the 22 blocks.
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        from bench import host_syncs
+
+        syncs = host_syncs.measure(engine, VOICE, items=3)
+        assert syncs["per_step"] <= 2, syncs["sites"]
     finally:
         engine.unload()
 

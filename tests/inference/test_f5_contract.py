@@ -155,6 +155,20 @@ def test_cfm_sample_seeds_each_item_and_masks_batches() -> None:
     assert "cond = self.mel_spec(cond) cond = cond.permute(0, 2, 1)" in src
 
 
+def test_the_sampler_and_attention_look_up_what_nosync_replaces() -> None:
+    """engine.nosync replaces two module globals: the ODE solver CFM.sample calls and
+    flash_attn's unpad_input, which the attention calls three times with one mask."""
+    from f5_tts.model import CFM, cfm, modules
+
+    src = _source(CFM.sample)
+    assert "trajectory = odeint(fn, y0, t, **self.odeint_kwargs)" in src
+    assert "sampled = trajectory[-1]" in src
+    assert cfm.odeint.__module__ in ("torchdiffeq._impl.odeint", "tts_inference.engine.nosync")
+    attention = _source(modules.AttnProcessor.__call__)
+    for tensor in ("query", "key", "value"):
+        assert f"unpad_input({tensor}, mask)" in attention
+
+
 def test_infer_batch_process_preparation() -> None:
     """What engine.f5 mirrors from infer_batch_process and infer_process."""
     from f5_tts.infer import utils_infer

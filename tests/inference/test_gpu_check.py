@@ -26,6 +26,8 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "gpu-check.json").read_text())
     assert result["environment"]["wheels_not_installed"] == []
     assert "gpu" in result["tests"]["tail"]  # the gpu-marked tests were collected
+    syncs = result["host_syncs"]["report"]
+    assert (syncs["items"], syncs["per_step"]) == (3, 0)
     report = result["server"]["report"]
     assert [level["concurrency"] for level in report["levels"]] == [1, 4]
     assert all(level["throughput"] > 0 for level in report["levels"])
@@ -35,3 +37,4 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path: Path) -> None:
     table = (tmp_path / "gpu-check.md").read_text()
     assert "| 1 |" in table
     assert "| 4 |" in table
+    assert "host syncs of a batch of 3 (torch attention): 0 an ODE step" in table

@@ -7,8 +7,9 @@ measurement (docs/benchmarks.md, "CPU: what --dtype auto chooses"):
 
 - where torch has a quantized engine (every x86-64 build): int8, dynamic
   quantization of the transformer's Linear layers. One full-size DiT block
-  runs 2.26x float32 on an AVX-512 Xeon (avx512_bf16, no AMX) and 2.0x on an
-  AVX2 EPYC; a whole request 1.73x on the Xeon. Its audio keeps 25 dB
+  runs 2.26x float32 on an AVX-512 Xeon (avx512_bf16, no AMX), 2.90x on an
+  AVX-512 EPYC with the same flags and 2.0x on an AVX2 EPYC; a whole request
+  1.73x on the Xeon and 2.42x on the AVX-512 EPYC. Its audio keeps 25 dB
   signal-to-difference against float32's for the same seed.
 - otherwise float32.
 
@@ -20,8 +21,9 @@ but a chunk's audio then changed with the other batch's timing (15 steps of
 16-bit audio in int8, one in float32: the parts of a split job no longer
 joined into the audio of one run).
 
-bfloat16 is never chosen by itself: without AMX it runs slower than float32
-(0.59x for a whole request on the Xeon above), and its audio measured
+bfloat16 is never chosen by itself: its speed without AMX is not told by the
+CPU's flags (a whole request ran 0.59x float32 on the Xeon above and 2.10x on
+the EPYC with the same flags, still behind int8 there), and its audio measured
 -2.8 dB against float32's for the same seed on the random-weight model, far
 outside ``MIN_SNR_DB``. An AMX machine measured it faster than int8 (2.36x
 against 1.66x ``F5TTS.infer``): ``--dtype bfloat16`` is there for whoever

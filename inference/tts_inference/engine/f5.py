@@ -21,8 +21,9 @@ seeds, so a request's audio does not depend on what it is batched with:
 - Each reference mel is computed alone (the STFT's reflect padding would
   otherwise see the zeros of the batch padding) and passed with ``lens``.
 - Each item gets the noise of its own seed (see ``_SeedPerItem``).
-- Each generated mel is decoded alone (vocos' convolutions would otherwise see
-  the padding).
+- The generated mels are decoded in one pass of vocos' backbone, with the
+  padded frames zeroed before each convolution, so each sees what it sees
+  alone (``engine/vocos_batch.py``).
 
 On a CPU, batching buys nothing (the matrix products already keep the cores
 busy), so the queue may run two batches at once on the one model instead, each
@@ -31,6 +32,9 @@ thread (f5-tts made it thread-local); the one thing threads share is torch's
 global generator, which ``CFM.sample`` seeds and then draws from, so the draw is
 done under a lock (``_NoiseLock``). Each DiT block sets its thread's share of
 the cores: a batch running alone gets them all.
+
+The ODE loop is f5-tts's Euler without torchdiffeq's host syncs, and flash_attn
+unpads a batch once an ODE step instead of three times a block (``engine/nosync.py``).
 
 Everything else (rms normalisation, text, duration, trimming) mirrors
 ``f5_tts.infer.utils_infer.infer_process`` and ``infer_batch_process`` of
@@ -63,7 +67,7 @@ from torch.nn.utils.rnn import pad_sequence
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from tts_inference.engine import cpu
+from tts_inference.engine import cpu, nosync, vocos_batch
 from tts_inference.engine.base import (
     SAMPLE_RATE,
     Audio,
@@ -81,7 +85,8 @@ from tts_inference.text import MIN_BUDGET, size
 # wandb and datasets, which the inference image leaves out): see engine/f5_package.py.
 utils_infer = import_f5("f5_tts.infer.utils_infer")
 f5_utils = import_f5("f5_tts.model.utils")
-CFM = import_f5("f5_tts.model.cfm").CFM
+cfm_module = import_f5("f5_tts.model.cfm")
+CFM = cfm_module.CFM
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -335,6 +340,8 @@ class F5Engine(Engine):
         self._config: dict[str, Any] | None = None
         self._model: Any = None
         self._vocoder: Any = None
+        #: The model's parameters as loaded (int8 packs the Linear weights out of parameters()).
+        self._parameters = 0
         # What one sampling run can take, read from the model at load: mel frames per
         # item (the text embedding's positions) and audio samples per frame.
         self._max_frames = MAX_DURATION
@@ -367,6 +374,8 @@ class F5Engine(Engine):
         if mel["target_sample_rate"] != SAMPLE_RATE:
             raise EngineError(f"sample rate {mel['target_sample_rate']} is not {SAMPLE_RATE}")
         checkpoint, vocab, vocoder_dir = files.checkpoint, files.vocab, files.vocoder_dir
+        # The sampler's ODE loop and flash_attn's unpadding without a host sync each step.
+        nosync.install(cfm_module, import_f5("f5_tts.model.modules"))
 
         arch = {
             **config["arch"],
@@ -407,8 +416,10 @@ class F5Engine(Engine):
                 local_path=str(vocoder_dir),
                 device=self._device,
             )
+            vocos_batch.check(vocoder)
         except Exception as exc:
             raise EngineError(f"{vocoder_dir}: cannot load the vocoder: {exc}") from exc
+        self._parameters = sum(p.numel() for p in model.parameters())
         if self._quantize:
             # oneDNN's int8 kernels are the fastest of torch's on x86 (bench/cpu_bench.py).
             if "onednn" in torch.backends.quantized.supported_engines:
@@ -448,7 +459,7 @@ class F5Engine(Engine):
 
     def info(self) -> dict[str, Any]:
         config = self._config or {}
-        params = None if self._model is None else sum(p.numel() for p in self._model.parameters())
+        params = None if self._model is None else self._parameters
         return {
             "device": self.device,
             "model": config.get("name", self.model_dir.name),
@@ -620,15 +631,18 @@ class F5Engine(Engine):
         del trajectory
         seeds.check()
         generated = generated.to(torch.float32)
+        # The generated part only (infer_batch_process drops the first ref_audio_len
+        # frames), up to each item's own duration; decoded as if alone, in one pass.
+        mels = [
+            row[item.ref_frames : item.duration].permute(1, 0)
+            for row, item in zip(generated, items, strict=True)
+        ]
         waves: list[Audio] = []
-        for row, item in zip(generated, items, strict=True):
-            # The generated part only (infer_batch_process drops the first ref_audio_len
-            # frames), up to this item's own duration; decoded alone.
-            mel = row[item.ref_frames : item.duration].permute(1, 0).unsqueeze(0)
-            wave = self._vocoder.decode(mel)
+        for decoded, item in zip(vocos_batch.decode(self._vocoder, mels), items, strict=True):
+            wave = decoded
             if item.rms < TARGET_RMS:
                 wave = wave * item.rms.to(wave.device) / TARGET_RMS
-            waves.append(wave.squeeze().cpu().numpy().astype(np.float32, copy=False))
+            waves.append(wave.cpu().numpy().astype(np.float32, copy=False))
         return waves
 
 
