@@ -6,8 +6,8 @@ under. It lands in ``.tools/kube/<key>/`` with one link per name; the key covers
 the pinned versions, go.sum and main.go, so a second run builds nothing and a
 version change builds a new one beside the old.
 
-KEDA's operator (tests/cluster/keda/go.mod) lands the same way in
-``.tools/keda-operator/<key>/``, and KEDA's CRDs beside it.
+KEDA's operator and metrics API server (tests/cluster/keda/go.mod) land the
+same way in ``.tools/keda/<key>/``, and KEDA's CRDs beside them.
 
 Prints the folders. ``--print-key`` prints the control plane's key only (no build).
 """
@@ -32,7 +32,9 @@ NAMES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", 
 # the operator's ScaledObjects are validated against KEDA's schema by the test API
 # server, and the real KEDA operator scales from them.
 KEDA_MODULE = Path(__file__).resolve().parent / "keda"
-KEDA_TOOLS = ROOT / ".tools" / "keda-operator"
+KEDA_TOOLS = ROOT / ".tools" / "keda"
+#: The binaries built from KEDA's module, by the name each lands under.
+KEDA_BINARIES = {"keda-operator": "cmd/operator", "keda-adapter": "cmd/adapter"}
 KEDA_PACKAGE = "github.com/kedacore/keda/v2"
 KEDA_CRDS = "config/crd/bases"
 KEDA_CRD = f"{KEDA_CRDS}/keda.sh_scaledobjects.yaml"
@@ -81,23 +83,24 @@ def ldflags(version: str) -> str:
     return f"-s -w {flags}"
 
 
-def go_build(module: Path, out: Path, binary: str, package: str, flags: str) -> float:
-    """``go build`` ``package`` of ``module`` into ``out/binary`` (written to a temporary
+def go_build(module: Path, out: Path, binaries: dict[str, str], flags: str) -> float:
+    """``go build`` each package of ``module`` into ``out/<binary>`` (written to a temporary
     folder, then renamed; other builds beside ``out`` are removed): seconds taken."""
     go = shutil.which("go")
     if go is None:
-        raise SystemExit(f"go is not installed: {binary} is built from Go modules")
+        raise SystemExit(f"go is not installed: {', '.join(binaries)} are built from Go modules")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     started = time.monotonic()
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
-    subprocess.run(
-        [go, "build", "-trimpath", "-ldflags", flags, "-o", str(tmp / binary), package],
-        cwd=module,
-        env=env,
-        check=True,
-    )
+    for binary, package in binaries.items():
+        subprocess.run(
+            [go, "build", "-trimpath", "-ldflags", flags, "-o", str(tmp / binary), package],
+            cwd=module,
+            env=env,
+            check=True,
+        )
     seconds = time.monotonic() - started
     (tmp / "build.json").write_text(
         json.dumps({"key": out.name, "seconds": round(seconds, 1), "go": go_version()}) + "\n"
@@ -111,7 +114,7 @@ def go_build(module: Path, out: Path, binary: str, package: str, flags: str) -> 
 
 def build(out: Path) -> float:
     """Build the control plane into ``out``: seconds taken."""
-    seconds = go_build(MODULE, out, "kube", ".", ldflags(kubernetes_version()))
+    seconds = go_build(MODULE, out, {"kube": "."}, ldflags(kubernetes_version()))
     for name in NAMES:
         (out / name).symlink_to("kube")
     return seconds
@@ -163,16 +166,17 @@ def keda_key() -> str:
     return f"keda{KEDA}-{digest.hexdigest()[:10]}"
 
 
-def keda_operator() -> Path:
-    """KEDA's operator binary at the pinned version, built once per key."""
+def keda_binaries() -> Path:
+    """The folder of KEDA's operator and metrics API server at the pinned version, built
+    once per key."""
     out = KEDA_TOOLS / keda_key()
-    binary = out / "keda-operator"
-    if binary.exists():
-        return binary
+    if all((out / binary).exists() for binary in KEDA_BINARIES):
+        return out
     stamp = f"-s -w -X {KEDA_PACKAGE}/version.Version={KEDA}"
-    seconds = go_build(KEDA_MODULE, out, "keda-operator", f"{KEDA_PACKAGE}/cmd/operator", stamp)
-    print(f"built KEDA's operator in {seconds:.0f}s: {binary}", file=sys.stderr)
-    return binary
+    packages = {binary: f"{KEDA_PACKAGE}/{cmd}" for binary, cmd in KEDA_BINARIES.items()}
+    seconds = go_build(KEDA_MODULE, out, packages, stamp)
+    print(f"built KEDA's operator and metrics API server in {seconds:.0f}s: {out}", file=sys.stderr)
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -188,7 +192,7 @@ def main(argv: list[str]) -> int:
         return 0
     print(ensure())
     print(keda_crds())
-    print(keda_operator())
+    print(keda_binaries())
     return 0
 
 

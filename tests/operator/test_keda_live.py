@@ -1,10 +1,14 @@
-"""KEDA's real operator scales an endpoint to zero and wakes it for a TTSJob.
+"""KEDA's real operator scales an endpoint to zero, wakes it for a TTSJob, and its HPA
+scales it out as TTSJobs wait.
 
 The chain a user relies on, end to end: the operator counts the TTSJob as pending
 (tts_operator_endpoint_pending_jobs, served on /metrics as the operator serves it),
 a real Prometheus scrapes it as the chart's ServiceMonitor says (honor_labels), and
 KEDA's operator, polling the ScaledObject's pending-jobs trigger, scales the
-endpoint's Deployment from zero to one. Nothing in the test scales anything.
+endpoint's Deployment from zero to one. From one up, the HPA that KEDA made reads
+the same trigger through KEDA's metrics API server (the API server's
+external.metrics.k8s.io), and the real HPA controller scales the Deployment out.
+Nothing in the test scales anything.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def _scaled_object_condition(kube: Kube, ns: str, type_: str) -> dict[str, Any]:
     return {}
 
 
-def test_keda_puts_an_idle_endpoint_to_sleep_and_wakes_it_for_a_ttsjob(
+def test_keda_puts_an_idle_endpoint_to_sleep_wakes_it_and_scales_it_out_for_ttsjobs(
     kube: Kube,
     ns: str,
     run_operator: RunOperator,
@@ -112,3 +116,28 @@ def test_keda_puts_an_idle_endpoint_to_sleep_and_wakes_it_for_a_ttsjob(
         )
 
         goes_to_the_woken_endpoint(kube, ns)
+
+        # Two more TTSJobs: three wait, at two a replica. KEDA's operator only wakes;
+        # the HPA it made scales out, from the trigger KEDA's metrics API server serves.
+        for n in (1, 2):
+            kube.create(
+                "ttsjobs",
+                ns,
+                {
+                    "metadata": {"name": f"more-{n}"},
+                    "spec": {
+                        "endpointRef": {"name": "f5tts"},
+                        "text": "More to say.",
+                        "output": {"uri": f"s3://my-tts-bucket/outputs/more-{n}.wav"},
+                    },
+                },
+            )
+        kube.wait_for(
+            lambda: replicas(kube, ns) == 2,
+            timeout=120,
+            message="the HPA never scaled the endpoint out for three waiting TTSJobs",
+        )
+        hpa = kube.get("horizontalpodautoscalers", ns, "keda-hpa-f5tts") or {}
+        conditions = {c["type"]: c for c in (hpa.get("status") or {}).get("conditions") or []}
+        active = conditions.get("ScalingActive", {})
+        assert (active.get("status"), active.get("reason")) == ("True", "ValidMetricFound")

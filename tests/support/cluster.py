@@ -71,7 +71,8 @@ Body = dict[str, Any]
 
 
 def write_pki(folder: Path) -> dict[str, Path]:
-    """A CA, the API server's serving certificate and the service-account key pair."""
+    """A CA, the API server's serving and front-proxy client certificates and the
+    service-account key pair."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -127,12 +128,26 @@ def write_pki(folder: Path) -> dict[str, Path]:
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    # What the API server shows an aggregated API server (KEDA's metrics) it proxies to.
+    proxy_key = ec.generate_private_key(ec.SECP256R1())
+    proxy = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "front-proxy-client")]))
+        .issuer_name(ca_name)
+        .public_key(proxy_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(later)
+        .sign(ca_key, hashes.SHA256())
+    )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     files = {
         "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
         "ca.key": pem_key(ca_key),
         "server.crt": server.public_bytes(serialization.Encoding.PEM),
         "server.key": pem_key(server_key),
+        "front-proxy-client.crt": proxy.public_bytes(serialization.Encoding.PEM),
+        "front-proxy-client.key": pem_key(proxy_key),
         "sa.key": pem_key(sa_key),
         "sa.pub": sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -361,6 +376,11 @@ class ControlPlane:
                 "--requestheader-username-headers=X-Remote-User",
                 "--requestheader-group-headers=X-Remote-Group",
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                # Aggregated API servers (KEDA's metrics) run beside it, not behind a
+                # Service's ClusterIP: proxy to their endpoints, as the front proxy.
+                f"--proxy-client-cert-file={self.pki['front-proxy-client.crt']}",
+                f"--proxy-client-key-file={self.pki['front-proxy-client.key']}",
+                "--enable-aggregator-routing=true",
                 f"--token-auth-file={tokens}",
                 "--authorization-mode=RBAC",
                 f"--service-account-key-file={self.pki['sa.pub']}",
@@ -625,6 +645,8 @@ _BUILTIN: dict[str, tuple[str, bool, str]] = {
     "ttsjobs": ("tts.f5tts.dev/v1alpha1", True, "TTSJob"),
     "servicemonitors": ("monitoring.coreos.com/v1", True, "ServiceMonitor"),
     "scaledobjects": ("keda.sh/v1alpha1", True, "ScaledObject"),
+    "endpointslices": ("discovery.k8s.io/v1", True, "EndpointSlice"),
+    "apiservices": ("apiregistration.k8s.io/v1", False, "APIService"),
 }
 _BY_KIND = {kind: plural for plural, (_, _, kind) in _BUILTIN.items()}
 
