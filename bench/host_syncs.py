@@ -20,7 +20,7 @@ import collections
 import os
 import sys
 import tempfile
-import traceback
+import types
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,19 +50,13 @@ TEXTS = (
 
 
 def _site() -> str:
-    """The innermost frame outside torch itself: the line that asked for the sync."""
-    for frame in reversed(traceback.extract_stack()[:-2]):
-        path = frame.filename.replace(os.sep, "/")
-        if "/torch/" in path or path.endswith("host_syncs.py"):
-            continue
-        parts = path.split("/")
-        for anchor in ("site-packages", "tts_inference"):
-            if anchor in parts:
-                parts = parts[parts.index(anchor) + (anchor == "site-packages") :]
-                break
-        else:
-            parts = parts[-2:]
-        return f"{'/'.join(parts)}:{frame.lineno} ({frame.name})"
+    """The innermost frame outside torch itself: the module and line that asked for the sync."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        if not (module == "torch" or module.startswith("torch.") or module == __name__):
+            return f"{module}:{frame.f_lineno} ({frame.f_code.co_name})"
+        frame = frame.f_back
     return "torch"
 
 

@@ -148,7 +148,7 @@ def test_torchdiffeq_would_wait_on_the_device_every_step(
 
     monkeypatch.setattr(f5.cfm_module, "odeint", odeint)
     result = host_syncs.measure(engine, VoiceStore(None).get("default"), items=2)
-    solver = {s: r for s, r in result["sites"].items() if s.startswith("torchdiffeq/")}
+    solver = {s: r for s, r in result["sites"].items() if s.startswith("torchdiffeq.")}
     assert sum(r["per_step"] for r in solver.values()) == 4, result["sites"]
 
 
