@@ -66,17 +66,17 @@ def says_it_sleeps(kube: Kube, ns: str) -> None:
     )
 
 
-def wake_up_job(kube: Kube, ns: str) -> None:
+def wake_up_job(kube: Kube, ns: str, name: str = WAKE_UP) -> None:
     """A TTSJob for the endpoint f5tts."""
     kube.create(
         "ttsjobs",
         ns,
         {
-            "metadata": {"name": WAKE_UP},
+            "metadata": {"name": name},
             "spec": {
                 "endpointRef": {"name": "f5tts"},
                 "text": "Wake up.",
-                "output": {"uri": "s3://my-tts-bucket/outputs/wake-up.wav"},
+                "output": {"uri": f"s3://my-tts-bucket/outputs/{name}.wav"},
             },
         },
     )

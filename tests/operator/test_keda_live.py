@@ -120,18 +120,7 @@ def test_keda_puts_an_idle_endpoint_to_sleep_wakes_it_and_scales_it_out_for_ttsj
         # Two more TTSJobs: three wait, at two a replica. KEDA's operator only wakes;
         # the HPA it made scales out, from the trigger KEDA's metrics API server serves.
         for n in (1, 2):
-            kube.create(
-                "ttsjobs",
-                ns,
-                {
-                    "metadata": {"name": f"more-{n}"},
-                    "spec": {
-                        "endpointRef": {"name": "f5tts"},
-                        "text": "More to say.",
-                        "output": {"uri": f"s3://my-tts-bucket/outputs/more-{n}.wav"},
-                    },
-                },
-            )
+            wake_up_job(kube, ns, f"more-{n}")
         kube.wait_for(
             lambda: replicas(kube, ns) == 2,
             timeout=120,

@@ -104,6 +104,22 @@ def write_pki(folder: Path) -> dict[str, Path]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
+
+    def issue(common_name: str, key: Any, names: list[x509.GeneralName] | None = None) -> Any:
+        """A certificate for ``key``, signed by the CA."""
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(later)
+        )
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
     server_key = ec.generate_private_key(ec.SECP256R1())
     service_ip = next(iter(ipaddress.IPv4Network(SERVICE_CIDR).hosts()))
     names: list[x509.GeneralName] = [
@@ -117,29 +133,10 @@ def write_pki(folder: Path) -> dict[str, Path]:
         )
     ]
     names += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(service_ip)]
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(later)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    server = issue("kube-apiserver", server_key, names)
     # What the API server shows an aggregated API server (KEDA's metrics) it proxies to.
     proxy_key = ec.generate_private_key(ec.SECP256R1())
-    proxy = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "front-proxy-client")]))
-        .issuer_name(ca_name)
-        .public_key(proxy_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(later)
-        .sign(ca_key, hashes.SHA256())
-    )
+    proxy = issue("front-proxy-client", proxy_key)
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     files = {
         "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
