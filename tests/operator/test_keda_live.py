@@ -38,6 +38,7 @@ from tests.support.keda import running_keda
 from tests.support.prometheus import running_prometheus, service_monitor_scrape
 from tests.support.s3 import free_port
 from tts_operator import config
+from tts_operator.builders.objects import SCALE_DOWN_WINDOW_S
 
 pytestmark = pytest.mark.slow
 
@@ -130,3 +131,6 @@ def test_keda_puts_an_idle_endpoint_to_sleep_wakes_it_and_scales_it_out_for_ttsj
         conditions = {c["type"]: c for c in (hpa.get("status") or {}).get("conditions") or []}
         active = conditions.get("ScalingActive", {})
         assert (active.get("status"), active.get("reason")) == ("True", "ValidMetricFound")
+        # It gives pods back no faster than the operator's own HPA would.
+        behavior = hpa["spec"]["behavior"]["scaleDown"]
+        assert behavior["stabilizationWindowSeconds"] == SCALE_DOWN_WINDOW_S

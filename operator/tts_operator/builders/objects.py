@@ -561,6 +561,12 @@ def scaled_object(endpoint: Obj, config: BuildConfig) -> Obj:
             "minReplicaCount": low,
             "maxReplicaCount": high,
             "cooldownPeriod": SCALE_DOWN_WINDOW_S,
+            # The HPA KEDA makes (one pod and up) gives pods back as slowly as ours does.
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S}}
+                }
+            },
             **(
                 {"pollingInterval": int(polling)}
                 if (polling := endpoint["spec"]["autoscaling"].get("pollingIntervalSeconds"))
