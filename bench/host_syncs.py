@@ -7,7 +7,8 @@ host launches the next ones. Those operations are the same on a CPU, so this
 program counts them there, under a torch dispatch mode, for one batch through
 the engine, and names the Python line that asked for each. Run at two step
 counts, it splits what happens once per batch from what happens at every ODE
-step (the sampling loop) and in every DiT block.
+step (the sampling loop). Copies of the finished waves back to the host, one
+per item after the loop, are not counted.
 
     python bench/host_syncs.py                      # tiny model, CPU
     python bench/host_syncs.py --size full --device cuda
