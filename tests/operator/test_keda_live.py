@@ -78,6 +78,11 @@ def test_keda_puts_an_idle_endpoint_to_sleep_wakes_it_and_scales_it_out_for_ttsj
     prometheus: str,
     tmp_path: Path,
 ) -> None:
+    if control_plane.plane is None:
+        pytest.skip(
+            "KEDA runs beside the test control plane, its metrics API server registered "
+            "there: another cluster's external metrics API is its own KEDA's"
+        )
     with running_keda(kube, control_plane.kubeconfig, tmp_path / "keda"):
         settings = config.Settings(
             namespaces=(ns,),
