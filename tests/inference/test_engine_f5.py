@@ -721,7 +721,6 @@ def test_full_size_with_flash_attn(full_size: Path) -> None:
         _speaks(engine, [MIDDLE, SHORT, LONG])
         # A padded batch: flash_attn unpads once an ODE step (a nonzero and an item), not
         # three times in each of the 22 blocks.
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         from bench import host_syncs
 
         syncs = host_syncs.measure(engine, VOICE, items=3)

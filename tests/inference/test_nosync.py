@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from bench import host_syncs
 
 from tts_inference.engine import nosync
 
@@ -122,9 +123,6 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_a_batch_makes_no_host_sync_per_ode_step(engine: Any) -> None:
-    sys.path.insert(0, str(ROOT))
-    from bench import host_syncs
-
     from tts_inference.voices import VoiceStore
 
     voice = VoiceStore(None).get("default")
@@ -139,8 +137,6 @@ def test_torchdiffeq_would_wait_on_the_device_every_step(
     engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The reverse check: the count sees the syncs the sampler no longer makes."""
-    sys.path.insert(0, str(ROOT))
-    from bench import host_syncs
     from torchdiffeq import odeint
 
     from tts_inference.engine import f5

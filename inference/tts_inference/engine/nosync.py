@@ -7,7 +7,7 @@ counts them. In f5-tts 1.1.22's sampler they came from two places:
 
 - torchdiffeq's fixed-grid solver, which ``CFM.sample`` calls as
   ``odeint(fn, y0, t, method="euler")``: it compares time points as tensors to
-  place each output (4 syncs an ODE step, and 5 more a batch checking the grid).
+  place each output (4 syncs an ODE step, and 4 more a batch checking the grid).
   :func:`euler` is the same method, step for step the same arithmetic
   (``y + (t1 - t0) * f(t0, y)``, bit-identical: tests/inference), without them.
 - flash_attn's ``unpad_input``, which every DiT block calls three times for a
