@@ -73,7 +73,7 @@ def _one_batch_job(kube: Kube, ns: str) -> dict[str, Any]:
 
 def _index_pod(kube: Kube, ns: str, job: dict[str, Any], index: int) -> dict[str, Any]:
     """The Running pod of completion index ``index`` (held by kwok for the test)."""
-    selector = f"batch.kubernetes.io/job-name={job['metadata']['name']}"
+    selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
     indexed = job["spec"].get("completionMode") == "Indexed"
 
     def running() -> dict[str, Any] | None:

@@ -105,8 +105,12 @@ def replicas(kube: Kube, ns: str) -> int | None:
 
 
 def held_pod(kube: Kube, ns: str, job: Obj) -> Obj:
-    """The Running pod of a held Job (kwok leaves it to the test, as a kubelet would)."""
-    selector = f"batch.kubernetes.io/job-name={job['metadata']['name']}"
+    """The Running pod of a held Job (kwok leaves it to the test, as a kubelet would).
+
+    Selected by the Job's uid: a Job replaced under the same name leaves its pod
+    behind for the garbage collector, and that pod is not this Job's.
+    """
+    selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
 
     def running() -> Obj | None:
         pods = [
@@ -546,7 +550,9 @@ def test_flash_attn_install_progress_shows_on_the_endpoint_then_the_sync_takes_o
     job = one_cache_job(kube, ns)
 
     def installing() -> Obj | None:
-        for pod in kube.list("pods", ns, f"batch.kubernetes.io/job-name={job['metadata']['name']}"):
+        for pod in kube.list(
+            "pods", ns, f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+        ):
             inits = (pod.get("status") or {}).get("initContainerStatuses") or []
             if inits and "running" in inits[0]["state"]:
                 return pod
