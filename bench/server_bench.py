@@ -205,7 +205,7 @@ def main() -> int:
         "--concurrent-batches",
         type=int,
         default=None,
-        help="the server's --concurrent-batches (default: the server's own, 2 on a CPU)",
+        help="the server's --concurrent-batches (default: the server's own, one batch at a time)",
     )
     parser.add_argument(
         "--no-stream", action="store_true", help="skip the streaming first-byte measurement"
