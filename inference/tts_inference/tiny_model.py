@@ -104,6 +104,9 @@ FULL_ARCH: dict[str, Any] = {
     "checkpoint_activations": False,
 }
 
+#: model.yaml's name for a folder of FULL_ARCH with random weights.
+FULL_NAME = "F5TTS_v1_Base-random"
+
 #: The mel settings of F5TTS_v1_Base and of the vocos-mel-24khz vocoder.
 MEL_SPEC: dict[str, Any] = {
     "target_sample_rate": 24000,
@@ -271,7 +274,7 @@ def make_model(
     out_dir: Path,
     *,
     arch: Mapping[str, Any] = TINY_ARCH,
-    name: str = "tiny",
+    name: str | None = None,
     seed: int = 0,
     vocoder: str = "tiny",
     backbone: str = "DiT",
@@ -280,9 +283,13 @@ def make_model(
 
     The same arguments give the same bytes. ``out_dir`` must not exist or be an
     empty folder; the files are written under a temporary name beside it and the
-    folder is renamed into place when complete.
+    folder is renamed into place when complete. ``name`` (model.yaml's) defaults
+    to "tiny", or "F5TTS_v1_Base-random" for the full-size architecture.
     """
     import torch
+
+    if name is None:
+        name = FULL_NAME if dict(arch) == dict(FULL_ARCH) else "tiny"
 
     if vocoder not in VOCODER_SIZES:
         raise ValueError(f"vocoder must be one of {sorted(VOCODER_SIZES)}, not {vocoder!r}")
@@ -333,7 +340,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name",
         default=None,
-        help='model name in model.yaml (default "tiny", or "F5TTS_v1_Base-random")',
+        help=f'model name in model.yaml (default "tiny", or "{FULL_NAME}")',
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="torch seed; the same seed writes the same bytes"
@@ -342,13 +349,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     full: bool = args.full_size
-    name: str = args.name or ("F5TTS_v1_Base-random" if full else "tiny")
     started = time.perf_counter()
     try:
         out = make_model(
             args.out_dir,
             arch=FULL_ARCH if full else TINY_ARCH,
-            name=name,
+            name=args.name,
             seed=args.seed,
             vocoder="full" if full else "tiny",
         )
