@@ -65,31 +65,35 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.setdefault("jobs", JobApi())
 
 
-def _record(kind: str, ref: str, phase: str | None) -> None:
+def _record(kind: str, ref: str, phase: str | None, uid: str | None = None) -> None:
     """Count ``ref`` ("namespace/name") in tts_operator_resources under its current phase."""
     namespace, _, name = ref.partition("/")
-    METRICS.phases.set(kind, namespace, name, phase)
+    METRICS.phases.set(kind, namespace, name, phase, uid)
 
 
 def _forget(kind: str, body: kopf.Body) -> None:
-    """A deleted resource no longer counts in tts_operator_resources."""
-    METRICS.phases.forget(kind, str(body.meta.namespace), str(body.meta.name))
+    """A deleted resource no longer counts in tts_operator_resources (nor, a TTSJob, in
+    the pending jobs KEDA wakes on), even if a pass that read it before ends after."""
+    namespace, name, uid = str(body.meta.namespace), str(body.meta.name), body.meta.uid
+    METRICS.phases.forget(kind, namespace, name, uid)
     if kind == constants.JOB_KIND:
-        METRICS.pending_jobs.set(str(body.meta.namespace), str(body.meta.name), None)
+        METRICS.pending_jobs.forget(namespace, name, uid)
 
 
 def _record_body(kind: str, body: kopf.Body, phase: str | None) -> None:
     # A resource being deleted is on its way out of the gauges: a reconcile that
-    # raced with the deletion must not count it again.
+    # raced with the deletion must not count it again (nor one that read it before
+    # the deletion and ends after: the uid is remembered as gone).
     if body.meta.get("deletionTimestamp"):
         _forget(kind, body)
         return
-    _record(kind, f"{body.meta.namespace}/{body.meta.name}", phase)
+    uid = body.meta.uid
+    _record(kind, f"{body.meta.namespace}/{body.meta.name}", phase, uid)
     if kind == constants.JOB_KIND:
         ref = (body.get("spec") or {}).get("endpointRef") or {}
         finished = phase in (constants.PHASE_SUCCEEDED, constants.PHASE_FAILED)
         waiting = None if finished else ref.get("name")
-        METRICS.pending_jobs.set(str(body.meta.namespace), str(body.meta.name), waiting)
+        METRICS.pending_jobs.set(str(body.meta.namespace), str(body.meta.name), waiting, uid)
 
 
 async def _reconcile(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -12,27 +13,52 @@ class Tally:
 
     Never increments: an object that goes (or whose labels change) drops out of its old
     series at once, and a series that no object has any more reads 0.
+
+    A deleted object's uid is remembered (the last ``GONE_REMEMBERED`` of them): a
+    reconcile pass that read the object before its deletion and ends after it cannot
+    count it again. The same name created anew has another uid and counts.
     """
+
+    GONE_REMEMBERED = 4096
 
     def __init__(self, gauge: Gauge) -> None:
         self.gauge = gauge
         self._labels: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._seen: set[tuple[str, ...]] = set()
+        self._gone: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, key: tuple[str, ...], labels: tuple[str, ...] | None) -> None:
-        """Count ``key`` under ``labels``; None counts it nowhere."""
+    def put(
+        self, key: tuple[str, ...], labels: tuple[str, ...] | None, uid: str | None = None
+    ) -> None:
+        """Count ``key`` under ``labels``; None counts it nowhere. Nothing counts an object
+        whose ``uid`` was dropped."""
         with self._lock:
-            if labels is None:
-                self._labels.pop(key, None)
-            else:
-                self._labels[key] = labels
-            counts: dict[tuple[str, ...], int] = {}
-            for value in self._labels.values():
-                counts[value] = counts.get(value, 0) + 1
-            self._seen |= set(counts)
-            for value in self._seen:
-                self.gauge.labels(*value).set(counts.get(value, 0))
+            if uid and uid in self._gone:
+                labels = None
+            self._put(key, labels)
+
+    def drop(self, key: tuple[str, ...], uid: str | None = None) -> None:
+        """The object is deleted: it counts nowhere, now or after."""
+        with self._lock:
+            if uid:
+                self._gone[uid] = None
+                self._gone.move_to_end(uid)
+                while len(self._gone) > self.GONE_REMEMBERED:
+                    self._gone.popitem(last=False)
+            self._put(key, None)
+
+    def _put(self, key: tuple[str, ...], labels: tuple[str, ...] | None) -> None:
+        if labels is None:
+            self._labels.pop(key, None)
+        else:
+            self._labels[key] = labels
+        counts: dict[tuple[str, ...], int] = {}
+        for value in self._labels.values():
+            counts[value] = counts.get(value, 0) + 1
+        self._seen |= set(counts)
+        for value in self._seen:
+            self.gauge.labels(*value).set(counts.get(value, 0))
 
     def labels_of(self, key: tuple[str, ...]) -> tuple[str, ...] | None:
         return self._labels.get(key)
@@ -41,13 +67,15 @@ class Tally:
 class ResourcePhases(Tally):
     """The phase of every custom resource the operator knows, counted by kind and phase."""
 
-    def set(self, kind: str, namespace: str, name: str, phase: str | None) -> None:
+    def set(
+        self, kind: str, namespace: str, name: str, phase: str | None, uid: str | None = None
+    ) -> None:
         """Record an object's phase (an object without a phase yet is not counted)."""
-        self.put((kind, namespace, name), (kind, phase) if phase else None)
+        self.put((kind, namespace, name), (kind, phase) if phase else None, uid)
 
-    def forget(self, kind: str, namespace: str, name: str) -> None:
+    def forget(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
         """The object is deleted: it counts nowhere any more."""
-        self.put((kind, namespace, name), None)
+        self.drop((kind, namespace, name), uid)
 
     def phase(self, kind: str, namespace: str, name: str) -> str | None:
         labels = self.labels_of((kind, namespace, name))
@@ -57,9 +85,13 @@ class ResourcePhases(Tally):
 class PendingJobs(Tally):
     """TTSJobs on an endpoint that have not finished, counted per endpoint (KEDA wakes on it)."""
 
-    def set(self, namespace: str, job: str, endpoint: str | None) -> None:
+    def set(self, namespace: str, job: str, endpoint: str | None, uid: str | None = None) -> None:
         """``endpoint`` is the endpoint the unfinished job waits on, or None to drop it."""
-        self.put((namespace, job), (namespace, endpoint) if endpoint else None)
+        self.put((namespace, job), (namespace, endpoint) if endpoint else None, uid)
+
+    def forget(self, namespace: str, job: str, uid: str | None = None) -> None:
+        """The TTSJob is deleted: it wakes nothing any more."""
+        self.drop((namespace, job), uid)
 
 
 class OperatorMetrics:
