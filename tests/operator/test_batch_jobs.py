@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 os.environ.setdefault("TTS_OPERATOR_RECONCILE_INTERVAL", "0.3")
 
 from tests.operator.conftest import RunOperator
-from tests.operator.test_flows import example, finish_pod
+from tests.operator.test_flows import example, finish_pod, job_pods
 from tests.support.cluster import EXIT_CODE_LABEL, HOLD_LABEL, Kube
 from tts_operator import constants as c
 
@@ -73,11 +73,10 @@ def _one_batch_job(kube: Kube, ns: str) -> dict[str, Any]:
 
 def _index_pod(kube: Kube, ns: str, job: dict[str, Any], index: int) -> dict[str, Any]:
     """The Running pod of completion index ``index`` (held by kwok for the test)."""
-    selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
     indexed = job["spec"].get("completionMode") == "Indexed"
 
     def running() -> dict[str, Any] | None:
-        for pod in kube.list("pods", ns, selector):
+        for pod in job_pods(kube, ns, job):
             annotations = pod["metadata"].get("annotations") or {}
             if (
                 not indexed

@@ -104,19 +104,18 @@ def replicas(kube: Kube, ns: str) -> int | None:
     return None if dep is None else int(dep["spec"].get("replicas", 1))
 
 
-def held_pod(kube: Kube, ns: str, job: Obj) -> Obj:
-    """The Running pod of a held Job (kwok leaves it to the test, as a kubelet would).
+def job_pods(kube: Kube, ns: str, job: Obj) -> list[Obj]:
+    """The pods of this Job, selected by its uid: a Job replaced under the same name
+    leaves its pods behind for the garbage collector, and they are not this Job's."""
+    return kube.list("pods", ns, f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}")
 
-    Selected by the Job's uid: a Job replaced under the same name leaves its pod
-    behind for the garbage collector, and that pod is not this Job's.
-    """
-    selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+
+def held_pod(kube: Kube, ns: str, job: Obj) -> Obj:
+    """The Running pod of a held Job (kwok leaves it to the test, as a kubelet would)."""
 
     def running() -> Obj | None:
         pods = [
-            p
-            for p in kube.list("pods", ns, selector)
-            if (p.get("status") or {}).get("phase") == "Running"
+            p for p in job_pods(kube, ns, job) if (p.get("status") or {}).get("phase") == "Running"
         ]
         return pods[0] if pods else None
 
@@ -550,9 +549,7 @@ def test_flash_attn_install_progress_shows_on_the_endpoint_then_the_sync_takes_o
     job = one_cache_job(kube, ns)
 
     def installing() -> Obj | None:
-        for pod in kube.list(
-            "pods", ns, f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
-        ):
+        for pod in job_pods(kube, ns, job):
             inits = (pod.get("status") or {}).get("initContainerStatuses") or []
             if inits and "running" in inits[0]["state"]:
                 return pod
