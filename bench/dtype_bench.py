@@ -16,7 +16,6 @@ bfloat16 and int8:
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import tempfile
@@ -37,33 +36,49 @@ DTYPES = ("float32", "bfloat16", "int8")
 TEXT = "The early train was late again this morning, so we walked."
 
 
-def _block_variants() -> dict[str, tuple[Any, Any, Any, Any]]:
-    """(block, x, t, rope) per dtype: one full-size DiT block with random weights."""
+def full_block(
+    dtype: str, device: str = "cpu", frames: int = 870, *, size: str = "full"
+) -> tuple[Any, Any, Any, Any]:
+    """(block, x, t, rope): one DiT block of the full-size (or ``size="tiny"``) model with
+    random weights (seed 0) in ``dtype`` (float32, bfloat16, float16, or int8: dynamic
+    int8 Linear layers, CPU only), and its inputs for one request of ``frames`` frames,
+    doubled for guidance."""
     import torch
 
     from tts_inference.engine.f5_package import import_f5
-    from tts_inference.tiny_model import FULL_ARCH
+    from tts_inference.tiny_model import FULL_ARCH, TINY_ARCH
+
+    arch = FULL_ARCH if size == "full" else TINY_ARCH
 
     dit_block = import_f5("f5_tts.model.modules").DiTBlock
     from x_transformers.x_transformers import RotaryEmbedding  # type: ignore[import-untyped]
 
     torch.manual_seed(0)
-    dim, heads = FULL_ARCH["dim"], FULL_ARCH["heads"]
-    block = dit_block(dim=dim, heads=heads, dim_head=dim // heads, ff_mult=FULL_ARCH["ff_mult"])
+    dim, heads = arch["dim"], arch["heads"]
+    block = dit_block(dim=dim, heads=heads, dim_head=dim // heads, ff_mult=arch["ff_mult"])
     block = block.eval()
-    x, t = torch.randn(2, 870, dim), torch.randn(2, dim)
-    rope = RotaryEmbedding(dim // heads).forward_from_seq_len(870)
-    if "onednn" in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = "onednn"
-    int8 = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-        copy.deepcopy(block), {torch.nn.Linear}, dtype=torch.qint8
+    x, t = torch.randn(2, frames, dim), torch.randn(2, dim)
+    rope = RotaryEmbedding(dim // heads).forward_from_seq_len(frames)
+    if dtype == "int8":
+        if "onednn" in torch.backends.quantized.supported_engines:
+            torch.backends.quantized.engine = "onednn"
+        block = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+            block, {torch.nn.Linear}, dtype=torch.qint8
+        )
+        return block, x, t, rope
+    kind = getattr(torch, dtype)
+    freqs, scale = rope
+    return (
+        block.to(device, kind),
+        x.to(device, kind),
+        t.to(device, kind),
+        (freqs.to(device), scale),
     )
-    bf16 = copy.deepcopy(block).to(torch.bfloat16)
-    return {
-        "float32": (block, x, t, rope),
-        "bfloat16": (bf16, x.bfloat16(), t.bfloat16(), rope),
-        "int8": (int8, x, t, rope),
-    }
+
+
+def _block_variants() -> dict[str, tuple[Any, Any, Any, Any]]:
+    """(block, x, t, rope) per dtype: one full-size DiT block with random weights."""
+    return {name: full_block(name) for name in DTYPES}
 
 
 def block_figures(repeat: int) -> dict[str, dict[str, float]]:

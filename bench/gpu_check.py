@@ -1,7 +1,7 @@
 """The GPU check: one call on a lent GPU machine gives every GPU figure the project asks for.
 
 Steps, each bounded in time (150 + 60 + 270 s at most), all in one run, under 8
-minutes on an H100:
+minutes on an H100, and a fifth in whatever is left of the 8 minutes:
 
 1. environment: Python, torch, CUDA, the GPU; every wheel of bench/gpu_wheels.txt
    installed at its version;
@@ -12,7 +12,10 @@ minutes on an H100:
 4. the full-size server at its defaults against f5-tts's ``F5TTS.infer`` at 32
    steps, at concurrency 1, 4 and 16 (bench/server_bench.py): throughput,
    p50 and p95, time to the first audio byte of a stream, warm start, and the
-   GPU memory the server holds.
+   GPU memory the server holds;
+5. what torch.compile buys one full-size DiT block in bfloat16 on the GPU, and
+   its compile time (bench/compile_bench.py), when at least ``COMPILE_LEAST``
+   seconds of the 8 minutes are left; skipped, and said so, otherwise.
 
 It writes ``gpu-check.json`` and ``gpu-check.md`` (a table for
 docs/benchmarks.md) to ``--out``. ``--dry-run`` runs every step on the CPU
@@ -47,6 +50,15 @@ from bench.gpu_wheels import WHEELS, canonical  # noqa: E402
 #: (size, nfe_step, device, requests per level, levels, baseline calls, seconds allowed)
 FULL = ("full", 32, "cuda", 16, "1,4,16", 6, 270)
 DRY = ("tiny", 2, "cpu", 2, "1,4", 1, 300)
+#: The whole check's bound (seconds): the optional compile step gets what is left of it.
+TOTAL_SECONDS = 480
+#: The compile step runs only with this many seconds left.
+COMPILE_LEAST = 60
+#: (size, device, dtype, rounds) of the compile step.
+COMPILE_FULL = ("full", "cuda", "bfloat16", 12)
+COMPILE_DRY = ("tiny", "cpu", "float32", 3)
+#: The dry run's compile step is bounded alone (a CPU check has no 8 minutes to keep).
+COMPILE_DRY_SECONDS = 300
 
 
 def environment() -> dict[str, Any]:
@@ -136,6 +148,25 @@ def server(out: Path, dry_run: bool) -> dict[str, Any]:
     return step
 
 
+def compile_gain(out: Path, dry_run: bool, seconds_left: float) -> dict[str, Any]:
+    if seconds_left < COMPILE_LEAST and not dry_run:
+        return {"skipped": f"{seconds_left:.0f} s left of {TOTAL_SECONDS} s", "returncode": 0}
+    size, device, dtype, rounds = COMPILE_DRY if dry_run else COMPILE_FULL
+    report = out / "compile.json"
+    step = _run(
+        [
+            sys.executable,
+            "bench/compile_bench.py",
+            *("--size", size, "--device", device, "--dtype", dtype),
+            *("--rounds", str(rounds), "--out", str(report)),
+        ],
+        COMPILE_DRY_SECONDS if dry_run else seconds_left,
+    )
+    if report.exists():
+        step["report"] = json.loads(report.read_text())
+    return step
+
+
 def table(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [
@@ -152,6 +183,19 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"- host syncs of a batch of {syncs['items']} ({syncs['engine']['attn_backend']} "
             f"attention): {syncs['per_step']:g} an ODE step, {syncs['per_batch']:g} a batch"
+        )
+    compiled = result["compile"]
+    if "skipped" in compiled:
+        lines.append(f"- torch.compile of a DiT block: not measured ({compiled['skipped']})")
+    elif (gain := compiled.get("report")) is None:
+        lines.append(f"- torch.compile of a DiT block: no figures (exit {compiled['returncode']})")
+    else:
+        lines.append(
+            f"- torch.compile of a DiT block ({gain['size']}, {gain['dtype']}, "
+            f"{gain['frames']} frames): {gain['eager_ms']['best']:.1f} ms eager, "
+            f"{gain['compiled_ms']['best']:.1f} ms compiled ({gain['speedup_best']:.2f}x), "
+            f"compile {gain['compile_seconds']:.0f} s, largest difference "
+            f"{gain['max_abs_difference']:.2g} of a peak {gain['output_peak']:.2g}"
         )
     report = result["server"].get("report")
     if report is None:
@@ -193,6 +237,9 @@ def main() -> int:
     print(f"host syncs: exit {result['host_syncs']['returncode']}", flush=True)
     result["server"] = server(args.out, args.dry_run)
     print(f"server: exit {result['server']['returncode']}", flush=True)
+    left = TOTAL_SECONDS - (time.monotonic() - started)
+    result["compile"] = compile_gain(args.out, args.dry_run, left)
+    print(f"compile: exit {result['compile']['returncode']}", flush=True)
     result["seconds"] = round(time.monotonic() - started, 1)
     (args.out / "gpu-check.json").write_text(json.dumps(result, indent=2))
     (args.out / "gpu-check.md").write_text(table(result))
@@ -202,6 +249,7 @@ def main() -> int:
         result["tests"]["returncode"] != 0,
         result["host_syncs"]["returncode"] != 0,
         result["server"]["returncode"] != 0,
+        result["compile"]["returncode"] != 0,
     )
     return 1 if any(failed) else 0
 

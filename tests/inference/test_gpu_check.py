@@ -28,6 +28,11 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path: Path) -> None:
     assert "gpu" in result["tests"]["tail"]  # the gpu-marked tests were collected
     syncs = result["host_syncs"]["report"]
     assert (syncs["items"], syncs["per_step"]) == (3, 0)
+    gain = result["compile"]["report"]
+    assert (gain["size"], gain["dtype"]) == ("tiny", "float32")
+    assert gain["eager_ms"]["best"] > 0
+    assert gain["compiled_ms"]["best"] > 0
+    assert gain["max_abs_difference"] <= 1e-3 * gain["output_peak"]
     report = result["server"]["report"]
     assert [level["concurrency"] for level in report["levels"]] == [1, 4]
     assert all(level["throughput"] > 0 for level in report["levels"])
@@ -38,3 +43,4 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path: Path) -> None:
     assert "| 1 |" in table
     assert "| 4 |" in table
     assert "host syncs of a batch of 3 (torch attention): 0 an ODE step" in table
+    assert "torch.compile of a DiT block (tiny, float32, 870 frames)" in table
