@@ -249,7 +249,9 @@ def main() -> int:
         result["tests"]["returncode"] != 0,
         result["host_syncs"]["returncode"] != 0,
         result["server"]["returncode"] != 0,
-        result["compile"]["returncode"] != 0,
+        # On the device the compile step is extra: its failure is a finding (in the
+        # table), not a failed check; the dry run must show that it works.
+        result["compile"]["returncode"] != 0 and args.dry_run,
     )
     return 1 if any(failed) else 0
 
