@@ -16,17 +16,24 @@
 # the project tested with, installed by uv (Ubuntu 24.04 ships 3.12 only).
 #
 # Everything installed is pinned: images by tag, ffmpeg by Ubuntu version,
-# Python by version, the build backend by Dockerfiles/locks/build.txt, and
-# every package by Dockerfiles/locks/inference.txt: the closure of
-# tts-operator[inference] less the training and UI packages f5-tts declares
-# but serving never imports (Dockerfiles/locks/inference-excluded.txt),
-# installed with --no-deps so nothing else can come in. Regenerate the locks
-# with `python -m tests.chart.generate`.
+# Python by version, uv by its wheels' hashes (Dockerfiles/locks/uv.txt), the
+# build backend by Dockerfiles/locks/build.txt, and every package by
+# Dockerfiles/locks/inference.txt: the closure of tts-operator[inference] less
+# the training and UI packages f5-tts declares but serving never imports
+# (Dockerfiles/locks/inference-excluded.txt), installed with --no-deps so
+# nothing else can come in. Regenerate the locks with
+# `python -m tests.chart.generate` (all but uv.txt, which says how it is made).
 
-FROM ghcr.io/astral-sh/uv:0.9.5 AS uv
+# uv from its wheel, pinned by hash (Dockerfiles/locks/uv.txt); only its binary
+# goes on.
+FROM python:3.11.13-slim-bookworm AS uv
+COPY Dockerfiles/locks/uv.txt /locks/uv.txt
+RUN python -m pip install --no-cache-dir --disable-pip-version-check --no-deps \
+        --require-hashes -r /locks/uv.txt \
+    && uv --version
 
 FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04 AS build
-COPY --from=uv /uv /usr/local/bin/uv
+COPY --from=uv /usr/local/bin/uv /usr/local/bin/uv
 ENV UV_NO_CACHE=1 \
     UV_PYTHON_INSTALL_DIR=/opt/python \
     UV_PYTHON_PREFERENCE=only-managed \

@@ -100,6 +100,15 @@ def test_every_base_image_is_pinned_by_a_version_tag(image: str) -> None:
         assert "$" not in base, f"{base}: a build argument is not a pin"
 
 
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_no_base_image_names_a_registry_host(image: str) -> None:
+    """Bases are named as the builder's configured registry (or its mirror) resolves them."""
+    for base in _external_bases(image):
+        first, slash, _ = base.partition("/")
+        host = bool(slash) and (first == "localhost" or "." in first or ":" in first)
+        assert not host, f"{base} names a registry host"
+
+
 def test_inference_base_matches_the_pinned_torchs_cuda() -> None:
     lock = images.read_lock(images.LOCKS / "inference.txt")
     assert lock["torch"] == "2.11.0"
