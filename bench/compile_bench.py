@@ -1,12 +1,12 @@
 """What torch.compile buys one full-size DiT block on this machine, and what it costs.
 
-One F5TTS_v1_Base DiT block (random weights; ``--size tiny``: the tiny model's) at the engine's dtype, eager
-against ``torch.compile(block, dynamic=True)`` (regional compilation: the 22
-blocks share the code, so one compile serves them all; dynamic, since every
-batch has its own length):
+One F5TTS_v1_Base DiT block (random weights; ``--size tiny``: the tiny model's)
+at the engine's dtype, eager against ``torch.compile(block, dynamic=True)``
+(regional compilation: the 22 blocks share the code, so one compile serves
+them all; dynamic, since every batch has its own length):
 
-- the first compiled call (the compile, from an empty cache) at ``--frames``, then the first call at a
-  second length (a recompile, or none);
+- the first compiled call (the compile, from an empty cache) at ``--frames``,
+  then the first call at a second length (a recompile, or none);
 - eager and compiled passes interleaved, ``--rounds`` each: best and median;
 - the compiled output's largest difference from eager's, against its peak.
 
@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.dtype_bench import full_block  # noqa: E402
+from bench.dtype_bench import block_inputs, one_block  # noqa: E402
 from bench.machine import describe, machine, write_report  # noqa: E402
 
 
@@ -50,8 +50,8 @@ def measure(
 ) -> dict[str, Any]:
     import torch
 
-    block, x, t, rope = full_block(dtype, device, frames, size=size)
-    _, x2, t2, rope2 = full_block(dtype, device, second, size=size)
+    block, x, t, rope = one_block(dtype, device, frames, size=size)
+    x2, t2, rope2 = block_inputs(dtype, device, second, size=size)
     sync: Any = torch.cuda.synchronize if device.startswith("cuda") else _nothing
     compiled: Any = torch.compile(block, dynamic=True)
     with torch.inference_mode():

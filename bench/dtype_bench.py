@@ -36,49 +36,59 @@ DTYPES = ("float32", "bfloat16", "int8")
 TEXT = "The early train was late again this morning, so we walked."
 
 
-def full_block(
+def _arch(size: str) -> dict[str, Any]:
+    from tts_inference.tiny_model import FULL_ARCH, TINY_ARCH
+
+    return FULL_ARCH if size == "full" else TINY_ARCH
+
+
+def block_inputs(
+    dtype: str, device: str = "cpu", frames: int = 870, *, size: str = "full"
+) -> tuple[Any, Any, Any]:
+    """(x, t, rope): a DiT block's inputs for one request of ``frames`` frames, doubled
+    for guidance, drawn from torch's generator as it stands (int8 blocks take float32)."""
+    import torch
+    from x_transformers.x_transformers import RotaryEmbedding  # type: ignore[import-untyped]
+
+    arch = _arch(size)
+    dim, heads = arch["dim"], arch["heads"]
+    kind = torch.float32 if dtype == "int8" else getattr(torch, dtype)
+    x, t = torch.randn(2, frames, dim), torch.randn(2, dim)
+    freqs, scale = RotaryEmbedding(dim // heads).forward_from_seq_len(frames)
+    return x.to(device, kind), t.to(device, kind), (freqs.to(device), scale)
+
+
+def one_block(
     dtype: str, device: str = "cpu", frames: int = 870, *, size: str = "full"
 ) -> tuple[Any, Any, Any, Any]:
     """(block, x, t, rope): one DiT block of the full-size (or ``size="tiny"``) model with
     random weights (seed 0) in ``dtype`` (float32, bfloat16, float16, or int8: dynamic
-    int8 Linear layers, CPU only), and its inputs for one request of ``frames`` frames,
-    doubled for guidance."""
+    int8 Linear layers, CPU only), and its inputs (``block_inputs``)."""
     import torch
 
     from tts_inference.engine.f5_package import import_f5
-    from tts_inference.tiny_model import FULL_ARCH, TINY_ARCH
 
-    arch = FULL_ARCH if size == "full" else TINY_ARCH
-
+    arch = _arch(size)
     dit_block = import_f5("f5_tts.model.modules").DiTBlock
-    from x_transformers.x_transformers import RotaryEmbedding  # type: ignore[import-untyped]
-
     torch.manual_seed(0)
     dim, heads = arch["dim"], arch["heads"]
     block = dit_block(dim=dim, heads=heads, dim_head=dim // heads, ff_mult=arch["ff_mult"])
     block = block.eval()
-    x, t = torch.randn(2, frames, dim), torch.randn(2, dim)
-    rope = RotaryEmbedding(dim // heads).forward_from_seq_len(frames)
+    x, t, rope = block_inputs(dtype, device, frames, size=size)
     if dtype == "int8":
         if "onednn" in torch.backends.quantized.supported_engines:
             torch.backends.quantized.engine = "onednn"
         block = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
             block, {torch.nn.Linear}, dtype=torch.qint8
         )
-        return block, x, t, rope
-    kind = getattr(torch, dtype)
-    freqs, scale = rope
-    return (
-        block.to(device, kind),
-        x.to(device, kind),
-        t.to(device, kind),
-        (freqs.to(device), scale),
-    )
+    else:
+        block = block.to(device, getattr(torch, dtype))
+    return block, x, t, rope
 
 
 def _block_variants() -> dict[str, tuple[Any, Any, Any, Any]]:
     """(block, x, t, rope) per dtype: one full-size DiT block with random weights."""
-    return {name: full_block(name) for name in DTYPES}
+    return {name: one_block(name) for name in DTYPES}
 
 
 def block_figures(repeat: int) -> dict[str, dict[str, float]]:
