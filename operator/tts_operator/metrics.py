@@ -31,11 +31,11 @@ class Tally:
     def put(
         self, key: tuple[str, ...], labels: tuple[str, ...] | None, uid: str | None = None
     ) -> None:
-        """Count ``key`` under ``labels``; None counts it nowhere. Nothing counts an object
-        whose ``uid`` was dropped."""
+        """Count ``key`` under ``labels``; None counts it nowhere. A record of an object
+        whose ``uid`` was dropped changes nothing: the key may be the same name's new object."""
         with self._lock:
             if uid and uid in self._gone:
-                labels = None
+                return
             self._put(key, labels)
 
     def drop(self, key: tuple[str, ...], uid: str | None = None) -> None:

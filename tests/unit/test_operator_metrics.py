@@ -56,6 +56,8 @@ def test_a_late_record_of_a_deleted_object_counts_nowhere() -> None:
     assert _count(registry, "TTSJob", "Running") == 0
     metrics.phases.set("TTSJob", "tts", "a", "Pending", "uid-2")  # the same name, created anew
     assert _count(registry, "TTSJob", "Pending") == 1
+    metrics.phases.set("TTSJob", "tts", "a", "Running", "uid-1")  # a later end of that pass
+    assert _count(registry, "TTSJob", "Pending") == 1  # leaves the new object counted
 
     metrics.pending_jobs.set("tts", "a", "f5tts", "uid-1")
     metrics.pending_jobs.set("tts", "b", "f5tts", "uid-3")
