@@ -106,6 +106,14 @@ def _run(command: list[str], timeout: float) -> dict[str, Any]:
     }
 
 
+def _run_bench(program: str, args: list[str], report: Path, timeout: float) -> dict[str, Any]:
+    """Run ``bench/<program>`` with ``--out report``; its JSON report, if written, rides along."""
+    step = _run([sys.executable, f"bench/{program}", *args, "--out", str(report)], timeout)
+    if report.exists():
+        step["report"] = json.loads(report.read_text())
+    return step
+
+
 def gpu_tests(dry_run: bool) -> dict[str, Any]:
     command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"]
     if dry_run:
@@ -115,56 +123,41 @@ def gpu_tests(dry_run: bool) -> dict[str, Any]:
 
 def host_syncs(out: Path, dry_run: bool) -> dict[str, Any]:
     size, _, device, *_ = DRY if dry_run else FULL
-    report = out / "host-syncs.json"
-    step = _run(
+    return _run_bench(
+        "host_syncs.py",
         [
-            sys.executable,
-            "bench/host_syncs.py",
             *("--size", size, "--device", device, "--dtype", "float32" if dry_run else "auto"),
-            *("--items", "3", "--out", str(report)),
+            *("--items", "3"),
         ],
+        out / "host-syncs.json",
         60,
     )
-    if report.exists():
-        step["report"] = json.loads(report.read_text())
-    return step
 
 
 def server(out: Path, dry_run: bool) -> dict[str, Any]:
     size, nfe, device, requests, levels, calls, limit = DRY if dry_run else FULL
-    report = out / "server.json"
-    step = _run(
+    return _run_bench(
+        "server_bench.py",
         [
-            sys.executable,
-            "bench/server_bench.py",
             *("--size", size, "--nfe-step", str(nfe), "--device", device),
             *("--requests", str(requests), "--levels", levels),
-            *("--baseline-calls", str(calls), "--out", str(report)),
+            *("--baseline-calls", str(calls)),
         ],
+        out / "server.json",
         limit,
     )
-    if report.exists():
-        step["report"] = json.loads(report.read_text())
-    return step
 
 
 def compile_gain(out: Path, dry_run: bool, seconds_left: float) -> dict[str, Any]:
     if seconds_left < COMPILE_LEAST and not dry_run:
         return {"skipped": f"{seconds_left:.0f} s left of {TOTAL_SECONDS} s", "returncode": 0}
     size, device, dtype, rounds = COMPILE_DRY if dry_run else COMPILE_FULL
-    report = out / "compile.json"
-    step = _run(
-        [
-            sys.executable,
-            "bench/compile_bench.py",
-            *("--size", size, "--device", device, "--dtype", dtype),
-            *("--rounds", str(rounds), "--out", str(report)),
-        ],
+    return _run_bench(
+        "compile_bench.py",
+        [*("--size", size, "--device", device, "--dtype", dtype), *("--rounds", str(rounds))],
+        out / "compile.json",
         COMPILE_DRY_SECONDS if dry_run else seconds_left,
     )
-    if report.exists():
-        step["report"] = json.loads(report.read_text())
-    return step
 
 
 def table(result: dict[str, Any]) -> str:
